@@ -1,0 +1,1 @@
+"""Corpora, grain pipelines and host->device batches. Knows nothing of models."""
