@@ -1,0 +1,32 @@
+"""The DEQ-Transformer in Flax NNX: block f, injection, embedding, head, explicit twin."""
+from deqdist.model.block import (
+    WEIGHT_NORM_AXES,
+    DEQBlock,
+    block_fn,
+    cast_floating,
+    prepare_block_params,
+    weight_normalise,
+)
+from deqdist.model.collectives import LOCAL, Collectives
+from deqdist.model.config import PRESETS, ModelConfig, get_preset
+from deqdist.model.layers import LOGICAL_AXES, LayerNorm, rope
+from deqdist.model.transformer import (
+    DEQTransformer,
+    EquilibriumFn,
+    EquilibriumSolve,
+    Unroll,
+    block_params_and_specs,
+    lm_loss,
+    local_solve,
+    local_unroll,
+    logical_specs,
+    param_count,
+    per_sample_norm,
+)
+
+__all__ = [
+    "LOCAL", "LOGICAL_AXES", "PRESETS", "WEIGHT_NORM_AXES", "Collectives", "DEQBlock", "DEQTransformer",
+    "EquilibriumFn", "EquilibriumSolve", "LayerNorm", "ModelConfig", "Unroll", "block_fn",
+    "block_params_and_specs", "cast_floating", "get_preset", "lm_loss", "local_solve", "local_unroll",
+    "logical_specs", "param_count", "per_sample_norm", "prepare_block_params", "rope", "weight_normalise",
+]

@@ -1,0 +1,190 @@
+"""The weight-tied DEQ block f(z, x) and its pure-function form.
+
+Block (all per-token tensors are (B, S_local, D); S_local = S unsharded):
+
+    u  = z + x_inj                                  input injection
+    u  = u + m_attn * (scatter(MHA(gather(LN_a(u)))) + b_o)
+    u  = u + m_mlp  * (scatter(W_2 gelu(gather(LN_m(u)) W_1 + b_1)) + b_2)
+    f  = LN_out(u)
+
+* Pre-LN causal multi-head attention with rotary embeddings and a GELU MLP,
+  each with a residual connection.
+* **Injection added to the block input** (u = z + x) rather than to the Q/K/V
+  and MLP input projections: it is one add on the local shard with no extra
+  weights, it feeds both sub-layers (and the residual stream, so the output LN
+  sees it directly), and it keeps every per-token tensor entering f shaped
+  like z, (B, S, D), so parallel/ shards it exactly like z. Adding x to the
+  projections would mean one injection per projection (3D + M wide per token).
+* **Output LayerNorm inside f** (as in the post-LN DEQ-Transformer of Bai et
+  al.) makes f contractive at init: f(z) = LN_out(z + x + r(z)); the LN
+  Jacobian scales perturbations by ~1/std(u), and because x has unit RMS
+  (injection LN) and is aligned with the fixed point, std(u) ~ 2 at z*, so the
+  Jacobian norm is ~0.5 and Broyden converges in a handful of iterations (see
+  tests/model/test_equilibrium.py). A pre-LN residual block without it has
+  J = I + small, which is not contractive.
+* Variational dropout: the masks m_attn, m_mlp (already scaled by 1/keep) are
+  drawn once per forward pass outside the solve and arrive in x; absent masks
+  mean no dropout.
+* Sequence/tensor parallelism (Megatron style): LayerNorms, residual adds and
+  dropout act on the local sequence shard; `comms.gather_seq` before the input
+  projections; attention over the full gathered sequence (RoPE positions
+  0..S-1, causal mask over S) with the *local* heads, their number read from
+  the weight shape (D, H_local, Dh); output projections produce partial sums,
+  `comms.scatter_seq` reduce-scatters them, and the output biases are added
+  after the scatter so they are not summed tp times. The MLP hidden axis is
+  split the same way (W_1 (D, M_local), b_1 (M_local,), W_2 (M_local, D)).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from deqdist.model.collectives import LOCAL, Collectives
+from deqdist.model.config import ModelConfig
+from deqdist.model.layers import LayerNorm, named_param, rope
+
+# Weight-normalised projections: name -> (axes the norm runs over, logical names of g).
+WEIGHT_NORM_AXES: dict[str, tuple[tuple[int, ...], tuple[str, ...]]] = {
+    "wq": ((0,), ("heads", "head_dim")),
+    "wk": ((0,), ("heads", "head_dim")),
+    "wv": ((0,), ("heads", "head_dim")),
+    "wo": ((0, 1), ("embed",)),
+    "w1": ((0,), ("mlp",)),
+    "w2": ((0,), ("embed",)),
+}
+
+
+class DEQBlock(nnx.Module):
+    """The block f(z, x). `__call__(z, x, comms)`; x = {"inj": .., "mask_attn"?: .., "mask_mlp"?: ..}."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, h, dh, m = cfg.d_model, cfg.n_heads, cfg.head_dim, cfg.d_mlp
+        pdt = cfg.storage_dtype
+        self.rope_base = float(cfg.rope_base)
+        w_init = nnx.initializers.normal(cfg.init_std)
+        o_init = nnx.initializers.normal(cfg.init_std * cfg.out_init_scale)
+        zeros = nnx.initializers.zeros_init()
+        self.ln_attn = LayerNorm(d, eps=cfg.ln_eps, dtype=pdt)
+        self.wq = named_param(rngs, w_init, (d, h, dh), ("embed", "heads", "head_dim"), pdt)
+        self.wk = named_param(rngs, w_init, (d, h, dh), ("embed", "heads", "head_dim"), pdt)
+        self.wv = named_param(rngs, w_init, (d, h, dh), ("embed", "heads", "head_dim"), pdt)
+        self.wo = named_param(rngs, o_init, (h, dh, d), ("heads", "head_dim", "embed"), pdt)
+        self.bo = named_param(rngs, zeros, (d,), ("embed",), pdt)
+        self.ln_mlp = LayerNorm(d, eps=cfg.ln_eps, dtype=pdt)
+        self.w1 = named_param(rngs, w_init, (d, m), ("embed", "mlp"), pdt)
+        self.b1 = named_param(rngs, zeros, (m,), ("mlp",), pdt)
+        self.w2 = named_param(rngs, o_init, (m, d), ("mlp", "embed"), pdt)
+        self.b2 = named_param(rngs, zeros, (d,), ("embed",), pdt)
+        self.ln_out = LayerNorm(d, eps=cfg.ln_eps, dtype=pdt)
+        if cfg.weight_norm:
+            # g initialised to ||V|| so that W = g V / ||V|| equals V at init.
+            gains = {}
+            for name, (axes, names) in WEIGHT_NORM_AXES.items():
+                norm = jnp.sqrt(jnp.sum(jnp.square(getattr(self, name)[...].astype(jnp.float32)), axis=axes))
+                gains[name] = named_param(
+                    None, lambda k, s, dt, n=norm: n.astype(dt), norm.shape, names, pdt
+                )
+            self.wn = nnx.Dict(gains)
+        else:
+            self.wn = None
+
+    # ------------------------------------------------------------------ forward
+    def __call__(self, z: jax.Array, x: Mapping[str, jax.Array], comms: Collectives = LOCAL) -> jax.Array:
+        dt = z.dtype
+        u = z + x["inj"].astype(dt)
+
+        # --- attention (local heads, full sequence) ---
+        a = comms.gather_seq(self.ln_attn(u))  # (B, S, D)
+        wq, wk, wv, wo = self.wq[...], self.wk[...], self.wv[...], self.wo[...]
+        q = jnp.einsum("bsd,dhk->bshk", a, wq.astype(dt))
+        k = jnp.einsum("bsd,dhk->bshk", a, wk.astype(dt))
+        v = jnp.einsum("bsd,dhk->bshk", a, wv.astype(dt))
+        q, k = rope(q, self.rope_base), rope(k, self.rope_base)
+        att = jax.nn.dot_product_attention(q, k, v, is_causal=True)  # (B, S, H_local, Dh)
+        o = jnp.einsum("bshk,hkd->bsd", att, wo.astype(dt))  # partial sum over heads
+        o = comms.scatter_seq(o) + self.bo[...].astype(dt)
+        if "mask_attn" in x:
+            o = o * x["mask_attn"].astype(dt)
+        u = u + o
+
+        # --- MLP (local hidden units) ---
+        hdn = comms.gather_seq(self.ln_mlp(u))
+        hdn = jax.nn.gelu(jnp.einsum("bsd,dm->bsm", hdn, self.w1[...].astype(dt)) + self.b1[...].astype(dt))
+        o = jnp.einsum("bsm,md->bsd", hdn, self.w2[...].astype(dt))  # partial sum over mlp
+        o = comms.scatter_seq(o) + self.b2[...].astype(dt)
+        if "mask_mlp" in x:
+            o = o * x["mask_mlp"].astype(dt)
+        u = u + o
+
+        return self.ln_out(u)
+
+
+# ---------------------------------------------------------------------------
+# Pure-function form used by the solver: f(params, z, x, comms) -> z
+# ---------------------------------------------------------------------------
+def _apply(graphdef, params, z, x, comms: Collectives = LOCAL):
+    return nnx.merge(graphdef, params)(z, x, comms)
+
+
+def block_fn(graphdef) -> Any:
+    """The equilibrium function f(params, z, x, comms) -> z of a block's graphdef.
+
+    `params` is the block's nnx.State (as from `nnx.split(block)`, possibly
+    sharded / weight-normalised / cast by `prepare_block_params`).
+    Returns the same callable object for the same graphdef (stable for caches).
+    """
+    try:
+        return _block_fn_cached(graphdef)
+    except TypeError:  # unhashable graphdef
+        return functools.partial(_apply, graphdef)
+
+
+@functools.lru_cache(maxsize=64)
+def _block_fn_cached(graphdef):
+    return functools.partial(_apply, graphdef)
+
+
+def weight_normalise(params: nnx.State) -> nnx.State:
+    """W = g * V / ||V|| for the projections in WEIGHT_NORM_AXES (differentiable).
+
+    Returns a state with the same structure; the gains `wn.*` stay in it (unused
+    by f). Computed in float32.
+    """
+    if "wn" not in params or params["wn"] is None:
+        return params
+    new = jax.tree.map(lambda a: a, params)
+    for name, (axes, _) in WEIGHT_NORM_AXES.items():
+        var = params[name]
+        v = var[...]
+        v32 = v.astype(jnp.float32)
+        norm = jnp.sqrt(jnp.sum(jnp.square(v32), axis=axes, keepdims=True))
+        g = params["wn"][name][...].astype(jnp.float32)
+        g = jnp.expand_dims(g, axes)
+        new[name] = var.copy((v32 * (g / norm)).astype(v.dtype))
+    return new
+
+
+def cast_floating(params: nnx.State, dtype) -> nnx.State:
+    """Cast every floating leaf to dtype (the compute dtype of the solve)."""
+    dtype = jnp.dtype(dtype)
+
+    def cast(a):
+        if jnp.issubdtype(a.dtype, jnp.floating) and a.dtype != dtype:
+            return a.astype(dtype)
+        return a
+
+    return jax.tree.map(cast, params)
+
+
+def prepare_block_params(params: nnx.State, cfg: ModelConfig) -> nnx.State:
+    """What the solve hook receives: weight norm (if on) then cast to cfg.dtype.
+
+    Called ONCE per forward pass, outside the solve, differentiably.
+    """
+    if cfg.weight_norm:
+        params = weight_normalise(params)
+    return cast_floating(params, cfg.compute_dtype)

@@ -1,0 +1,190 @@
+"""Model configuration and presets.
+
+`ModelConfig` is a frozen dataclass of plain values (ints, floats, bools,
+strings) so the config layer can load it from YAML and override it with
+dotted keys. `PRESETS` maps a preset name to a plain dict of field values.
+
+Parameter counts (weights of the whole model, computed by
+`ModelConfig.param_count()` and checked in tests/model/test_config.py):
+
+  tiny    d=64,  2 heads,  mlp 256,   seq 64,  vocab 256,   tied              :     66,560
+  small   d=256, 4 heads,  mlp 1024,  seq 256, vocab 256,   tied              :    856,064
+  medium  d=768, 12 heads, mlp 30720, seq 512, vocab 32768, untied, weight norm: 99,951,360
+          (99,916,800 without the weight-norm gains)
+
+The `medium` preset follows the WikiText-103 DEQ-Transformer of Bai et al.
+(2019), whose single weight-tied block has a very wide feed-forward layer
+(d_inner in the tens of thousands) because the block is the only layer: with
+d=768 (multiple of 128 near 700), 12 heads of 64, an untied 32768-token
+embedding and LM head (2 x 25.2M), attention (2.4M) and an MLP of 30720
+(47.2M), the model has ~100.0M parameters.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+_DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Hyper-parameters of the DEQ-Transformer language model.
+
+    vocab_size:      number of tokens (256 = bytes).
+    d_model:         width of z and of the injection.
+    n_heads:         attention heads (head_dim = d_model // n_heads).
+    d_mlp:           hidden width of the GELU MLP.
+    seq_len:         training context length (RoPE needs no table, so the model
+                     itself accepts any length; data and benchmarks use this).
+    dropout:         variational dropout rate on the attention and MLP branch
+                     outputs inside the block (one mask per forward pass).
+    emb_dropout:     ordinary dropout on the token embedding (outside the solve).
+    tie_embeddings:  LM head is the transposed token embedding.
+    weight_norm:     weight-normalise the block's projections (W = g V/||V||),
+                     computed once per forward pass, outside the solve.
+    init_std:        std of the normal initialiser of all weight matrices.
+    out_init_scale:  extra factor on the attention/MLP *output* projections
+                     (W_o, W_2) at init; < 1 makes the block more contractive.
+    inject_scale:    initial gain of the injection LayerNorm (strength of x
+                     relative to z; larger = more contractive at init).
+    rope_base:       rotary embedding base.
+    ln_eps:          LayerNorm epsilon.
+    n_unroll:        default number of block applications of the explicit twin.
+    jac_reg_every:   trainer hint: request the Hutchinson Jacobian estimate every
+                     k steps (0 = never).
+    jac_reg_weight:  trainer hint: weight of the (normalised) Jacobian term.
+    dtype:           compute dtype of activations and of the block's weights
+                     inside the solve ("float32", "bfloat16", ...).
+    param_dtype:     storage dtype of the parameters.
+    """
+
+    vocab_size: int = 256
+    d_model: int = 64
+    n_heads: int = 2
+    d_mlp: int = 256
+    seq_len: int = 64
+    dropout: float = 0.0
+    emb_dropout: float = 0.0
+    tie_embeddings: bool = True
+    weight_norm: bool = False
+    init_std: float = 0.02
+    out_init_scale: float = 1.0
+    inject_scale: float = 1.0
+    rope_base: float = 10000.0
+    ln_eps: float = 1e-5
+    n_unroll: int = 12
+    jac_reg_every: int = 0
+    jac_reg_weight: float = 0.0
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def compute_dtype(self) -> Any:
+        return jnp.dtype(self.dtype)
+
+    @property
+    def storage_dtype(self) -> Any:
+        return jnp.dtype(self.param_dtype)
+
+    # --------------------------------------------------------------- validation
+    def validate(self) -> "ModelConfig":
+        """Raise ValueError (one line) on inconsistent values; return self."""
+
+        def positive_int(name):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"model.{name} must be a positive integer, got {v!r}")
+
+        for name in ("vocab_size", "d_model", "n_heads", "d_mlp", "seq_len", "n_unroll"):
+            positive_int(name)
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})"
+            )
+        if self.head_dim % 2:
+            raise ValueError(
+                f"model.d_model / model.n_heads = {self.head_dim} must be even for rotary embeddings"
+            )
+        for name in ("dropout", "emb_dropout"):
+            v = getattr(self, name)
+            if not 0.0 <= v < 1.0:
+                raise ValueError(f"model.{name} must be in [0, 1), got {v!r}")
+        for name in ("init_std", "out_init_scale", "inject_scale", "rope_base", "ln_eps"):
+            v = getattr(self, name)
+            if not v > 0:
+                raise ValueError(f"model.{name} must be > 0, got {v!r}")
+        if not isinstance(self.jac_reg_every, int) or self.jac_reg_every < 0:
+            raise ValueError(f"model.jac_reg_every must be an integer >= 0, got {self.jac_reg_every!r}")
+        if self.jac_reg_weight < 0:
+            raise ValueError(f"model.jac_reg_weight must be >= 0, got {self.jac_reg_weight!r}")
+        for name in ("dtype", "param_dtype"):
+            v = getattr(self, name)
+            if v not in _DTYPES:
+                raise ValueError(f"model.{name} must be one of {_DTYPES}, got {v!r}")
+        return self
+
+    # ------------------------------------------------------------------ helpers
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+    def param_count(self) -> int:
+        """Number of parameters of the model this config builds (no allocation)."""
+        d, m, v, h = self.d_model, self.d_mlp, self.vocab_size, self.n_heads
+        n = v * d  # token embedding
+        n += 2 * d  # injection LayerNorm
+        n += 4 * d * d + d  # W_q, W_k, W_v, W_o, b_o
+        n += d * m + m + m * d + d  # W_1, b_1, W_2, b_2
+        n += 3 * 2 * d  # block LayerNorms (attn, mlp, out)
+        if self.weight_norm:
+            n += 3 * d + d + m + d  # g of W_q/W_k/W_v (heads*head_dim), W_o, W_1, W_2
+        n += 2 * d  # final LayerNorm
+        if not self.tie_embeddings:
+            n += d * v
+        del h
+        return n
+
+    def create(self, rngs):
+        """Build the model (a `DEQTransformer`) from this config."""
+        from deqdist.model.transformer import DEQTransformer
+
+        return DEQTransformer(self, rngs=rngs)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # CPU, seconds: a training step in well under a second.
+    "tiny": dict(
+        vocab_size=256, d_model=64, n_heads=2, d_mlp=256, seq_len=64,
+        dropout=0.0, tie_embeddings=True, n_unroll=12,
+    ),
+    # One GPU / a few CPU minutes.
+    "small": dict(
+        vocab_size=256, d_model=256, n_heads=4, d_mlp=1024, seq_len=256,
+        dropout=0.05, tie_embeddings=True, n_unroll=12,
+    ),
+    # WikiText-103-scale DEQ-Transformer, ~100M parameters (see module docstring).
+    "medium": dict(
+        vocab_size=32768, d_model=768, n_heads=12, d_mlp=30720, seq_len=512,
+        dropout=0.1, emb_dropout=0.1, tie_embeddings=False, weight_norm=True,
+        n_unroll=12, jac_reg_every=1, jac_reg_weight=2.0,
+        dtype="bfloat16", param_dtype="float32",
+    ),
+}
+
+
+def get_preset(name: str, **overrides) -> ModelConfig:
+    """ModelConfig of a named preset with field overrides, validated."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    bad = sorted(set(overrides) - fields)
+    if bad:
+        raise ValueError(f"unknown model config field(s) {bad}")
+    return ModelConfig(**{**PRESETS[name], **overrides}).validate()
