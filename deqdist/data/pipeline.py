@@ -24,6 +24,8 @@ from deqdist.data.corpus import Corpus
 from deqdist.data.errors import DataError
 from deqdist.data.windows import EvalStarts, TrainWindows, WindowReader, eval_num_windows
 
+_FROM_CONFIG = object()
+
 
 def _derive(seed: int, purpose: int, words: int) -> int:
     # Seeds for the shuffle and the offsets come from one user seed via
@@ -118,7 +120,7 @@ def train_iterator(
 
 
 def eval_iterator(
-    corpus: Corpus, cfg: DataConfig, split: str = "valid", *, max_batches: int | None = -1,
+    corpus: Corpus, cfg: DataConfig, split: str = "valid", *, max_batches: int | None | object = _FROM_CONFIG,
     process_index: int | None = None, process_count: int | None = None,
 ) -> grain.DatasetIterator:
     """Finite iterator of this host's batches of `split`; a fresh one per evaluation.
@@ -129,7 +131,7 @@ def eval_iterator(
     data = corpus.split(split)
     ds = eval_dataset(
         data, seq_len=cfg.seq_len, per_host_batch=cfg.per_host_batch(pc), process_index=pi, process_count=pc,
-        max_batches=cfg.eval_batches if max_batches == -1 else max_batches,
+        max_batches=cfg.eval_batches if max_batches is _FROM_CONFIG else max_batches,
         what=f"{split} split of corpus {corpus.name!r}",
     )
     return _iterate(ds, cfg)
