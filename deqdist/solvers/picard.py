@@ -1,0 +1,13 @@
+"""Damped fixed-point (Picard) iteration: z <- (1 - damping) z + damping f(z)."""
+from __future__ import annotations
+
+from .base import SampleReduce, SolverConfig
+
+
+class Picard:
+    def init(self, z, fz, cfg: SolverConfig):
+        return ()
+
+    def update(self, st, z, fz, k, cfg: SolverConfig, red: SampleReduce):
+        d = cfg.damping
+        return (1.0 - d) * z + d * fz if d != 1.0 else fz, st
