@@ -65,8 +65,10 @@ class DEQBlock(nnx.Module):
         d, h, dh, m = cfg.d_model, cfg.n_heads, cfg.head_dim, cfg.d_mlp
         pdt = cfg.storage_dtype
         self.rope_base = float(cfg.rope_base)
-        w_init = nnx.initializers.normal(cfg.init_std)
-        o_init = nnx.initializers.normal(cfg.init_std * cfg.out_init_scale)
+        g, go = cfg.init_gain, cfg.init_gain * cfg.out_init_scale
+        w_init = nnx.initializers.normal(g / d**0.5)  # fan_in = d for W_q, W_k, W_v, W_1
+        o_init = nnx.initializers.normal(go / d**0.5)  # fan_in = H * Dh = d for W_o
+        o2_init = nnx.initializers.normal(go / m**0.5)  # fan_in = d_mlp for W_2
         zeros = nnx.initializers.zeros_init()
         self.ln_attn = LayerNorm(d, eps=cfg.ln_eps, dtype=pdt)
         self.wq = named_param(rngs, w_init, (d, h, dh), ("embed", "heads", "head_dim"), pdt)
@@ -77,7 +79,7 @@ class DEQBlock(nnx.Module):
         self.ln_mlp = LayerNorm(d, eps=cfg.ln_eps, dtype=pdt)
         self.w1 = named_param(rngs, w_init, (d, m), ("embed", "mlp"), pdt)
         self.b1 = named_param(rngs, zeros, (m,), ("mlp",), pdt)
-        self.w2 = named_param(rngs, o_init, (m, d), ("mlp", "embed"), pdt)
+        self.w2 = named_param(rngs, o2_init, (m, d), ("mlp", "embed"), pdt)
         self.b2 = named_param(rngs, zeros, (d,), ("embed",), pdt)
         self.ln_out = LayerNorm(d, eps=cfg.ln_eps, dtype=pdt)
         if cfg.weight_norm:

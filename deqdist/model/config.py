@@ -45,9 +45,12 @@ class ModelConfig:
     tie_embeddings:  LM head is the transposed token embedding.
     weight_norm:     weight-normalise the block's projections (W = g V/||V||),
                      computed once per forward pass, outside the solve.
-    init_std:        std of the normal initialiser of all weight matrices.
+    init_gain:       block weights are N(0, (init_gain / sqrt(fan_in))^2); the gain
+                     sets how far f is from the trivial map LN(z + x) at init
+                     (larger = less contractive; see tests/model/test_equilibrium.py).
     out_init_scale:  extra factor on the attention/MLP *output* projections
                      (W_o, W_2) at init; < 1 makes the block more contractive.
+    embed_init_std:  std of the token embedding (and untied LM head) at init.
     inject_scale:    initial gain of the injection LayerNorm (strength of x
                      relative to z; larger = more contractive at init).
     rope_base:       rotary embedding base.
@@ -70,9 +73,10 @@ class ModelConfig:
     emb_dropout: float = 0.0
     tie_embeddings: bool = True
     weight_norm: bool = False
-    init_std: float = 0.02
+    init_gain: float = 1.0
     out_init_scale: float = 1.0
     inject_scale: float = 1.0
+    embed_init_std: float = 0.02
     rope_base: float = 10000.0
     ln_eps: float = 1e-5
     n_unroll: int = 12
@@ -117,7 +121,7 @@ class ModelConfig:
             v = getattr(self, name)
             if not 0.0 <= v < 1.0:
                 raise ValueError(f"model.{name} must be in [0, 1), got {v!r}")
-        for name in ("init_std", "out_init_scale", "inject_scale", "rope_base", "ln_eps"):
+        for name in ("init_gain", "out_init_scale", "embed_init_std", "inject_scale", "rope_base", "ln_eps"):
             v = getattr(self, name)
             if not v > 0:
                 raise ValueError(f"model.{name} must be > 0, got {v!r}")

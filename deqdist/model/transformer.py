@@ -88,7 +88,7 @@ class DEQTransformer(nnx.Module):
         self.cfg = cfg
         d, v = cfg.d_model, cfg.vocab_size
         pdt = cfg.storage_dtype
-        w_init = nnx.initializers.normal(cfg.init_std)
+        w_init = nnx.initializers.normal(cfg.embed_init_std)
         self.embed = named_param(rngs, w_init, (v, d), ("vocab", "embed"), pdt)
         self.ln_inj = LayerNorm(d, eps=cfg.ln_eps, scale_init=cfg.inject_scale, dtype=pdt)
         self.block = DEQBlock(cfg, rngs=rngs)

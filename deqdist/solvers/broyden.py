@@ -27,7 +27,7 @@ from jax import lax
 
 from .base import SampleReduce, SolverConfig
 
-BLOCK = 4
+BLOCK = 8
 
 
 class BroydenState(NamedTuple):

@@ -40,7 +40,7 @@ def test_presets_are_plain_data():
         (dict(n_heads=0), "positive"),
         (dict(dropout=1.0), "dropout"),
         (dict(dtype="float8"), "dtype"),
-        (dict(init_std=0.0), "init_std"),
+        (dict(init_gain=0.0), "init_gain"),
         (dict(vocab_size=2.5), "vocab_size"),
     ],
 )
