@@ -27,7 +27,7 @@ from jax import lax
 
 from .base import SampleReduce, SolverConfig
 
-BLOCK = 8
+BLOCK = 4
 
 
 class BroydenState(NamedTuple):
