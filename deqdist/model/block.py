@@ -22,6 +22,12 @@ Block (all per-token tensors are (B, S_local, D); S_local = S unsharded):
   Jacobian norm is ~0.5 and Broyden converges in a handful of iterations (see
   tests/model/test_equilibrium.py). A pre-LN residual block without it has
   J = I + small, which is not contractive.
+* Precision: z, the injection, the residual stream and the LayerNorms are in
+  the state dtype (z's dtype, float32 by default); the projections and the
+  attention run in the dtype of the prepared weights (cfg.dtype, e.g. bf16),
+  and so do the gathered/scattered activations. With bf16 compute the
+  relative residual of f has a floor of ~1e-3 (measured on `small`; ~2e-3 if
+  the state were bf16 too): use a forward tol of >= 2e-3 in bf16.
 * Variational dropout: the masks m_attn, m_mlp (already scaled by 1/keep) are
   drawn once per forward pass outside the solve and arrive in x; absent masks
   mean no dropout.
@@ -96,30 +102,32 @@ class DEQBlock(nnx.Module):
 
     # ------------------------------------------------------------------ forward
     def __call__(self, z: jax.Array, x: Mapping[str, jax.Array], comms: Collectives = LOCAL) -> jax.Array:
-        dt = z.dtype
-        u = z + x["inj"].astype(dt)
+        sdt = z.dtype  # state dtype: residual stream, LayerNorms, masks (float32 by default)
+        cdt = self.wq[...].dtype  # compute dtype of the projections: the (prepared) weights' dtype
+        u = z + x["inj"].astype(sdt)
 
         # --- attention (local heads, full sequence) ---
-        a = comms.gather_seq(self.ln_attn(u))  # (B, S, D)
-        wq, wk, wv, wo = self.wq[...], self.wk[...], self.wv[...], self.wo[...]
-        q = jnp.einsum("bsd,dhk->bshk", a, wq.astype(dt))
-        k = jnp.einsum("bsd,dhk->bshk", a, wk.astype(dt))
-        v = jnp.einsum("bsd,dhk->bshk", a, wv.astype(dt))
+        a = comms.gather_seq(self.ln_attn(u).astype(cdt))  # (B, S, D)
+        q = jnp.einsum("bsd,dhk->bshk", a, self.wq[...])
+        k = jnp.einsum("bsd,dhk->bshk", a, self.wk[...].astype(cdt))
+        v = jnp.einsum("bsd,dhk->bshk", a, self.wv[...].astype(cdt))
         q, k = rope(q, self.rope_base), rope(k, self.rope_base)
         att = jax.nn.dot_product_attention(q, k, v, is_causal=True)  # (B, S, H_local, Dh)
-        o = jnp.einsum("bshk,hkd->bsd", att, wo.astype(dt))  # partial sum over heads
-        o = comms.scatter_seq(o) + self.bo[...].astype(dt)
+        # partial sum over the local heads -> reduce-scatter -> bias
+        o = jnp.einsum("bshk,hkd->bsd", att, self.wo[...].astype(cdt))
+        o = comms.scatter_seq(o).astype(sdt) + self.bo[...].astype(sdt)
         if "mask_attn" in x:
-            o = o * x["mask_attn"].astype(dt)
+            o = o * x["mask_attn"].astype(sdt)
         u = u + o
 
         # --- MLP (local hidden units) ---
-        hdn = comms.gather_seq(self.ln_mlp(u))
-        hdn = jax.nn.gelu(jnp.einsum("bsd,dm->bsm", hdn, self.w1[...].astype(dt)) + self.b1[...].astype(dt))
-        o = jnp.einsum("bsm,md->bsd", hdn, self.w2[...].astype(dt))  # partial sum over mlp
-        o = comms.scatter_seq(o) + self.b2[...].astype(dt)
+        h = comms.gather_seq(self.ln_mlp(u).astype(cdt))
+        h = jnp.einsum("bsd,dm->bsm", h, self.w1[...].astype(cdt)) + self.b1[...].astype(cdt)
+        h = jax.nn.gelu(h)
+        o = jnp.einsum("bsm,md->bsd", h, self.w2[...].astype(cdt))
+        o = comms.scatter_seq(o).astype(sdt) + self.b2[...].astype(sdt)
         if "mask_mlp" in x:
-            o = o * x["mask_mlp"].astype(dt)
+            o = o * x["mask_mlp"].astype(sdt)
         u = u + o
 
         return self.ln_out(u)

@@ -59,9 +59,13 @@ class ModelConfig:
     jac_reg_every:   trainer hint: request the Hutchinson Jacobian estimate every
                      k steps (0 = never).
     jac_reg_weight:  trainer hint: weight of the (normalised) Jacobian term.
-    dtype:           compute dtype of activations and of the block's weights
-                     inside the solve ("float32", "bfloat16", ...).
+    dtype:           compute dtype of the projections/attention and of the block's
+                     weights inside the solve ("float32", "bfloat16", ...).
     param_dtype:     storage dtype of the parameters.
+    state_dtype:     dtype of z, the injection and the residual stream / LayerNorms
+                     inside f. Keep float32 with a bfloat16 `dtype`: a bf16 state
+                     puts a floor of ~2e-3 under the relative residual (the
+                     rounding of f's output), above the usual tol of 1e-3.
     """
 
     vocab_size: int = 256
@@ -84,6 +88,7 @@ class ModelConfig:
     jac_reg_weight: float = 0.0
     dtype: str = "float32"
     param_dtype: str = "float32"
+    state_dtype: str = "float32"
 
     # ------------------------------------------------------------------ derived
     @property
@@ -93,6 +98,10 @@ class ModelConfig:
     @property
     def compute_dtype(self) -> Any:
         return jnp.dtype(self.dtype)
+
+    @property
+    def state_dtype_(self) -> Any:
+        return jnp.dtype(self.state_dtype)
 
     @property
     def storage_dtype(self) -> Any:
@@ -129,7 +138,7 @@ class ModelConfig:
             raise ValueError(f"model.jac_reg_every must be an integer >= 0, got {self.jac_reg_every!r}")
         if self.jac_reg_weight < 0:
             raise ValueError(f"model.jac_reg_weight must be >= 0, got {self.jac_reg_weight!r}")
-        for name in ("dtype", "param_dtype"):
+        for name in ("dtype", "param_dtype", "state_dtype"):
             v = getattr(self, name)
             if v not in _DTYPES:
                 raise ValueError(f"model.{name} must be one of {_DTYPES}, got {v!r}")

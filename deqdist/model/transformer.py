@@ -107,7 +107,7 @@ class DEQTransformer(nnx.Module):
         (and every unrolled application) uses the same masks.
         """
         cfg = self.cfg
-        dt = cfg.compute_dtype
+        dt = cfg.state_dtype_
         e = jnp.take(self.embed[...], tokens, axis=0).astype(dt)
         drop_emb = (not deterministic) and cfg.emb_dropout > 0
         drop_blk = (not deterministic) and cfg.dropout > 0
@@ -143,7 +143,7 @@ class DEQTransformer(nnx.Module):
         return jnp.einsum("bsd,dv->bsv", h, w.astype(h.dtype), preferred_element_type=jnp.float32)
 
     def z0(self, tokens: jax.Array) -> jax.Array:
-        return jnp.zeros((*tokens.shape, self.cfg.d_model), self.cfg.compute_dtype)
+        return jnp.zeros((*tokens.shape, self.cfg.d_model), self.cfg.state_dtype_)
 
     # ------------------------------------------------------------------ forward
     def __call__(
