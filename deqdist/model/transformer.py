@@ -12,20 +12,19 @@ The DEQ and explicit modes share the module and therefore the parameter tree;
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import Any, Callable, Literal
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from deqdist.deq import DEQConfig, deq
 from deqdist.model.block import DEQBlock, block_fn, prepare_block_params
 from deqdist.model.collectives import LOCAL, Collectives
 from deqdist.model.config import ModelConfig
 from deqdist.model.layers import LayerNorm, named_param
-
-if TYPE_CHECKING:
-    from deqdist.deq import DEQConfig
+from deqdist.regularize import hutchinson_jac_fro2
 
 # f(params, z, x, comms) -> z
 EquilibriumFn = Callable[..., jax.Array]
@@ -35,10 +34,8 @@ EquilibriumSolve = Callable[..., tuple[jax.Array, Any]]
 Unroll = Callable[..., tuple[jax.Array, jax.Array]]
 
 
-def local_solve(f: EquilibriumFn, params, x, z0, cfg: "DEQConfig", bwd_sink=None):
+def local_solve(f: EquilibriumFn, params, x, z0, cfg: DEQConfig, bwd_sink=None):
     """Default (unsharded) solve hook: `deq` on f with identity collectives."""
-    from deqdist.deq import deq
-
     return deq(functools.partial(f, comms=LOCAL), params, x, z0, cfg, bwd_sink=bwd_sink)
 
 
@@ -146,12 +143,12 @@ class DEQTransformer(nnx.Module):
         return jnp.zeros((*tokens.shape, self.cfg.d_model), self.cfg.state_dtype_)
 
     # ------------------------------------------------------------------ forward
-    def __call__(
+    def features(
         self,
         tokens: jax.Array,
         *,
         mode: Literal["deq", "explicit"] = "deq",
-        deq_cfg: "DEQConfig | None" = None,
+        deq_cfg: DEQConfig | None = None,
         n_unroll: int | None = None,
         solve: EquilibriumSolve = local_solve,
         unroll: Unroll = local_unroll,
@@ -161,7 +158,7 @@ class DEQTransformer(nnx.Module):
         jac_reg: bool = False,
         jac_samples: int = 1,
     ) -> tuple[jax.Array, dict]:
-        """Logits (B, S, V) float32 and an aux dict.
+        """The final state z (B, S, D) (z* in deq mode) and an aux dict; `__call__` minus the head.
 
         tokens:      (B, S) int.
         mode:        "deq" (solve z* = f(z*, x) with `solve`) or "explicit"
@@ -196,8 +193,6 @@ class DEQTransformer(nnx.Module):
         aux: dict[str, Any] = {}
         if mode == "deq":
             if deq_cfg is None:
-                from deqdist.deq import DEQConfig
-
                 deq_cfg = DEQConfig()
             z, stats = solve(f, params, x, z0, deq_cfg, bwd_sink)
             aux["fwd_stats"] = stats
@@ -208,12 +203,15 @@ class DEQTransformer(nnx.Module):
         if jac_reg:
             if k_jac is None:
                 raise ValueError("jac_reg=True needs a PRNG key")
-            from deqdist.regularize import hutchinson_jac_fro2
-
             # Identity collectives: outside shard_map GSPMD partitions this like any jit code.
             fro2 = hutchinson_jac_fro2(lambda zz: f(params, zz, x, comms=LOCAL), z, k_jac, n_samples=jac_samples)
             aux["jac_fro2"] = fro2
             aux["jac_loss"] = jnp.mean(fro2.astype(jnp.float32)) / (z.shape[1] * z.shape[2])
+        return z, aux
+
+    def __call__(self, tokens: jax.Array, **kwargs) -> tuple[jax.Array, dict]:
+        """Logits (B, S, V) float32 and the aux dict of `features` (same keyword arguments)."""
+        z, aux = self.features(tokens, **kwargs)
         return self.head(z), aux
 
 
