@@ -65,13 +65,12 @@ def _deq(f, cfg: DEQConfig, red: SampleReduce, params, x, z0, sink):
 
 def _deq_fwd(f, cfg, red, params, x, z0, sink):
     z, stats = solve(lambda z: f(params, z, x), z0, cfg.fwd, red)
-    return (z, stats), (params, x, z, z0)
+    return (z, stats), (params, x, z, z0, sink)
 
 
 def _deq_bwd(f, cfg: DEQConfig, red: SampleReduce, res, cts):
-    params, x, z, z0 = res
+    params, x, z, z0, sink = res
     dz = cts[0]
-    batch = z.shape[0]
     if cfg.grad == "implicit":
         _, vjp_z = jax.vjp(lambda z: f(params, z, x), z)
         g, st = solve(lambda g: vjp_z(g)[0] + dz, dz, cfg.bwd, red)
@@ -90,12 +89,12 @@ def _deq_bwd(f, cfg: DEQConfig, red: SampleReduce, res, cts):
 
         _, vjp_px = jax.vjp(unrolled, params, x)
         dp, dx = vjp_px(dz)
-        sink_ct = {"nstep": jnp.full((batch,), cfg.phantom_steps)}
+        sink_ct = {"nstep": jnp.full_like(sink["nstep"], cfg.phantom_steps)}
     else:
         _, vjp_px = jax.vjp(lambda p, x: f(p, z, x), params, x)
         dp, dx = vjp_px(dz)
-        sink_ct = {"nstep": jnp.ones((batch,))}
-    sink_ct = {k: sink_ct.get(k, jnp.zeros((batch,))).astype(jnp.float32) for k in SINK_FIELDS}
+        sink_ct = {"nstep": jnp.ones_like(sink["nstep"])}
+    sink_ct = {k: sink_ct.get(k, sink[k]).astype(jnp.float32) for k in SINK_FIELDS}
     return dp, dx, jnp.zeros_like(z0), sink_ct
 
 

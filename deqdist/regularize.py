@@ -42,5 +42,5 @@ def spectral_radius(fz: Callable[[jax.Array], jax.Array], z: jax.Array, key: jax
         rho = reduce.norm(w)
         return w / jnp.maximum(rho, jnp.finfo(w.dtype).tiny).reshape((-1,) + (1,) * (z.ndim - 1)), rho
 
-    _, rho = jax.lax.fori_loop(0, n_iter, body, (v, jnp.zeros((z.shape[0],), z.dtype)))
+    _, rho = jax.lax.fori_loop(0, n_iter, body, (v, jnp.zeros_like(reduce.norm(v))))
     return jax.lax.stop_gradient(rho)

@@ -25,11 +25,11 @@ class AndersonState(NamedTuple):
 
 
 class Anderson:
-    def init(self, z, fz, cfg: SolverConfig) -> AndersonState:
+    def init(self, z, fz, cfg: SolverConfig, red: SampleReduce) -> AndersonState:
         B, N = z.shape
         m = cfg.anderson_m
-        return AndersonState(F=jnp.zeros((B, m, N), z.dtype), G=jnp.zeros((B, m, N), z.dtype),
-                             gram=jnp.zeros((B, m, m), z.dtype))
+        return AndersonState(F=jnp.zeros_like(z, shape=(B, m, N)), G=jnp.zeros_like(z, shape=(B, m, N)),
+                             gram=red.zeros(z, (B, m, m)))
 
     def update(self, st: AndersonState, z, fz, k, cfg: SolverConfig, red: SampleReduce):
         B, m, _ = st.F.shape

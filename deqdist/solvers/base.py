@@ -92,17 +92,26 @@ class SampleReduce:
 
     def psum(self, partial: jax.Array) -> jax.Array:
         """Finish a per-sample reduction whose local part was computed elsewhere."""
-        return lax.psum(partial, self.axes) if self.axes else partial
+        return _psum_varying(partial, self.axes)
+
+    def zeros(self, z: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+        """Zeros typed like a per-sample reduction of z (invariant over the sample axes)."""
+        return jnp.zeros_like(self.sum(z[:, :1]), shape=shape)
 
     def any_active(self, active: jax.Array) -> jax.Array:
-        a = jnp.any(active)
-        if self.lockstep_axes:
-            a = lax.psum(a.astype(jnp.int32), self.lockstep_axes) > 0
-        return a
+        return _psum_varying(jnp.any(active).astype(jnp.int32), self.lockstep_axes) > 0
+
+
+def _psum_varying(x: jax.Array, axes: tuple[str, ...]) -> jax.Array:
+    """psum over those of `axes` that x varies over (inside shard_map); a no-op elsewhere."""
+    mat = getattr(jax.typeof(x), "manual_axis_type", None)
+    varying = mat.varying if mat is not None else frozenset()
+    axes = tuple(a for a in axes if a in varying)
+    return lax.psum(x, axes) if axes else x
 
 
 class Method(Protocol):
-    def init(self, z: jax.Array, fz: jax.Array, cfg: SolverConfig) -> Any: ...
+    def init(self, z: jax.Array, fz: jax.Array, cfg: SolverConfig, red: "SampleReduce") -> Any: ...
 
     def update(self, state: Any, z: jax.Array, fz: jax.Array, k: jax.Array,
                cfg: SolverConfig, red: SampleReduce) -> tuple[jax.Array, Any]:
@@ -159,13 +168,15 @@ def run(method: Method, f: Callable[[jax.Array], jax.Array], z0: jax.Array, cfg:
     z = z0.reshape(batch, -1).astype(acc)
     fz = f_flat(z)
     abs_r, rel_r = residuals(z, fz)
-    zeros_i = jnp.zeros((batch,), jnp.int32)
+    # Fresh arrays are built "like" existing ones so that, inside shard_map, they carry the
+    # same varying-axes type as the values the loop writes into them.
+    zeros_i = jnp.zeros_like(abs_r, dtype=jnp.int32)
     state = _Loop(
         k=jnp.zeros((), jnp.int32), z=z, fz=fz, active=~done(abs_r, rel_r),
         best_z=z, best_abs=abs_r, best_rel=rel_r, first_res=abs_r, nstep=zeros_i,
         diverged=~jnp.isfinite(abs_r),
-        trace=jnp.full((batch, cfg.max_iter), jnp.nan, acc) if cfg.trace else None,
-        method=method.init(z, fz, cfg))
+        trace=jnp.full_like(abs_r, jnp.nan, shape=(batch, cfg.max_iter)) if cfg.trace else None,
+        method=method.init(z, fz, cfg, red))
     state = state._replace(active=state.active & ~state.diverged)
 
     def cond(s: _Loop):

@@ -48,7 +48,7 @@ def _dots(S, F, nblocks):
     def body(i, d):
         return d.at[i].set(jnp.einsum("bcn,bn->bc", S[i], F))
 
-    d = lax.fori_loop(0, nblocks, body, jnp.zeros((nb, B, C), S.dtype))
+    d = lax.fori_loop(0, nblocks, body, jnp.zeros_like(F, shape=(nb, B, C)))
     return jnp.moveaxis(d, 0, 1).reshape(B, nb * C)
 
 
@@ -60,10 +60,10 @@ def _combine(S, coef, base, nblocks):
 
 
 class Broyden:
-    def init(self, z, fz, cfg: SolverConfig) -> BroydenState:
+    def init(self, z, fz, cfg: SolverConfig, red: SampleReduce) -> BroydenState:
         shape = history_shape(*z.shape, cfg)
         M = shape[0] * shape[2]
-        return BroydenState(S=jnp.zeros(shape, z.dtype), gram=jnp.zeros((z.shape[0], M, M), z.dtype),
+        return BroydenState(S=jnp.zeros_like(z, shape=shape), gram=red.zeros(z, (z.shape[0], M, M)),
                             n=jnp.zeros((), jnp.int32))
 
     def update(self, st: BroydenState, z, fz, k, cfg: SolverConfig, red: SampleReduce):
@@ -84,7 +84,7 @@ class Broyden:
             c = jnp.where(sn2[:, sj] > tiny, sw / jnp.maximum(sn2[:, sj], tiny), 0.0)
             return coef.at[:, sj1].set(c)
 
-        coef = lax.fori_loop(0, jnp.maximum(m - 1, 0), recur, jnp.zeros((B, M), z.dtype))
+        coef = lax.fori_loop(0, jnp.maximum(m - 1, 0), recur, jnp.zeros_like(d))
         w = _combine(st.S, coef, -F, (m + C - 1) // C)
         # s_i . w for every stored step, from small quantities only.
         sw = -d + jnp.einsum("bij,bj->bi", st.gram, coef)

@@ -5,7 +5,7 @@ from .base import SampleReduce, SolverConfig
 
 
 class Picard:
-    def init(self, z, fz, cfg: SolverConfig):
+    def init(self, z, fz, cfg: SolverConfig, red: SampleReduce):
         return ()
 
     def update(self, st, z, fz, k, cfg: SolverConfig, red: SampleReduce):

@@ -1,0 +1,60 @@
+"""Device mesh from config: axes (data, fsdp, tensor), Auto axis types, optional DCN factor."""
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh
+
+from .config import AXES, ParallelConfig
+
+
+def resolve_sizes(cfg: ParallelConfig, n_devices: int) -> tuple[int, int, int]:
+    cfg.validate()
+    sizes = [cfg.data, cfg.fsdp, cfg.tensor]
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if n_devices % known:
+            raise ValueError(f"mesh sizes data={cfg.data} fsdp={cfg.fsdp} tensor={cfg.tensor}: "
+                             f"{n_devices} devices are not divisible by {known}")
+        sizes[sizes.index(-1)] = n_devices // known
+    if math.prod(sizes) != n_devices:
+        raise ValueError(f"mesh data*fsdp*tensor = {sizes[0]}*{sizes[1]}*{sizes[2]} = {math.prod(sizes)} "
+                         f"but there are {n_devices} devices; make the product match (or use -1 for one axis)")
+    if sizes[0] % cfg.dcn_data:
+        raise ValueError(f"parallel.dcn_data={cfg.dcn_data} must divide the data axis size {sizes[0]}")
+    return tuple(sizes)
+
+
+def make_mesh(cfg: ParallelConfig, devices=None) -> Mesh:
+    """The (data, fsdp, tensor) mesh over `devices` (default: all devices of all processes)."""
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = resolve_sizes(cfg, len(devices))
+    types = (AxisType.Auto,) * len(AXES)
+    if cfg.dcn_data == 1:
+        return jax.make_mesh(sizes, AXES, axis_types=types, devices=devices)
+    # Multi-slice / multi-host: group devices by slice (else by process); the outer part
+    # of `data` runs across groups (slow links), everything else stays inside one group.
+    group = lambda d: getattr(d, "slice_index", None) or d.process_index
+    devices.sort(key=lambda d: (group(d), d.id))
+    groups = sorted({group(d) for d in devices})
+    if len(groups) != cfg.dcn_data:
+        raise ValueError(f"parallel.dcn_data={cfg.dcn_data} but the devices form {len(groups)} slices/processes")
+    inner = (sizes[0] // cfg.dcn_data, sizes[1], sizes[2])
+    arr = np.array(devices, dtype=object).reshape((cfg.dcn_data, *inner)).reshape(sizes)
+    return Mesh(arr, AXES, axis_types=types)
+
+
+def check_divisible(mesh: Mesh, cfg: ParallelConfig, **sizes: int) -> None:
+    """Raise a one-line ValueError if a mesh axis does not divide the size it splits.
+
+    Keys are logical names (`batch`, `seq`, `heads`, `mlp`, `vocab`, `embed`), values sizes.
+    """
+    for name, size in sizes.items():
+        axes = cfg.rule(name)
+        n = math.prod(mesh.shape[a] for a in axes)
+        if size % n:
+            what = "*".join(f"{a}={mesh.shape[a]}" for a in axes)
+            raise ValueError(f"{name} size {size} is not divisible by mesh {what} (= {n}); "
+                             f"change the {name} size or the mesh sizes / parallel.rules")

@@ -1,0 +1,106 @@
+"""The equilibrium solve under `jax.shard_map`, with the solver state sharded like z.
+
+Inside the shard_map each device holds z, x and therefore every solver buffer
+(Broyden's steps, Anderson's history) for its own batch rows and its own slice of
+the sequence: batch over the `batch` rule's axes, sequence over the `seq` rule's
+axis. The block gets Megatron-style sequence-parallel collectives over that axis;
+solver inner products psum over it; the stop test is reduced over every mesh axis
+so all devices iterate in lockstep. Parameters enter with their tensor-parallel
+split only: their `fsdp` shards are all-gathered once at the shard_map boundary,
+i.e. once per solve, and the backward solve runs under the same layout.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+from jax import lax
+from jax.sharding import Mesh, PartitionSpec as P
+
+from ..deq import DEQConfig, backward_sink, deq
+from ..model.collectives import Collectives
+from ..solvers import SampleReduce, SolveStats
+from .config import AXES, ParallelConfig
+from .sharding import activation_spec, state_specs
+
+
+def _seq_axis(mesh: Mesh, cfg: ParallelConfig) -> tuple[str, ...]:
+    # Size-1 axes are kept: their collectives compile away, and keeping them keeps the
+    # varying-axes types of the shard_map body the same on every mesh.
+    return cfg.rule("seq")
+
+
+def collectives(seq_axes: tuple[str, ...]) -> Collectives:
+    """Sequence all-gather before input projections, reduce-scatter after output projections."""
+    if not seq_axes:
+        return Collectives()
+    return Collectives(
+        gather_seq=lambda a: lax.all_gather(a, seq_axes, axis=1, tiled=True),
+        scatter_seq=lambda a: lax.psum_scatter(a, seq_axes, scatter_dimension=1, tiled=True))
+
+
+def sample_reduce(mesh: Mesh, cfg: ParallelConfig) -> SampleReduce:
+    seq = _seq_axis(mesh, cfg)
+    lockstep = cfg.lockstep or any(mesh.shape[a] > 1 for a in seq)
+    return SampleReduce(axes=seq, lockstep_axes=AXES if lockstep else ())
+
+
+def _tree_spec(tree: Any, spec: P) -> Any:
+    return jax.tree.map(lambda _: spec, tree)
+
+
+def _param_in_specs(params: Any, cfg: ParallelConfig) -> Any:
+    # Everything but the tensor split is gathered at the boundary (once per solve).
+    keep = set(cfg.rule("heads")) | set(cfg.rule("mlp")) | set(cfg.rule("vocab"))
+    drop = tuple(a for a in AXES if a not in keep)
+    return state_specs(params, cfg, drop)
+
+
+def make_solve(mesh: Mesh, cfg: ParallelConfig) -> Callable:
+    """A solve hook for the model: (f, params, x, z0, deq_cfg, bwd_sink) -> (z*, SolveStats)."""
+    z_spec = activation_spec(cfg, "batch", "seq", None)
+    row_spec = activation_spec(cfg, "batch")
+    comms = collectives(_seq_axis(mesh, cfg))
+    red = sample_reduce(mesh, cfg)
+
+    def solve(f, params, x, z0, deq_cfg: DEQConfig, bwd_sink=None):
+        if bwd_sink is None:
+            bwd_sink = backward_sink(z0.shape[0])
+
+        def local(params, x, z0, sink):
+            return deq(functools.partial(f, comms=comms), params, x, z0, deq_cfg, reduce=red, bwd_sink=sink)
+
+        stats_spec = SolveStats(*([row_spec] * 5),
+                                trace=P(*row_spec, None) if deq_cfg.fwd.trace else None)
+        return jax.shard_map(
+            local, mesh=mesh,
+            in_specs=(_param_in_specs(params, cfg), _tree_spec(x, z_spec), z_spec, _tree_spec(bwd_sink, row_spec)),
+            out_specs=(z_spec, stats_spec),
+        )(params, x, z0, bwd_sink)
+
+    return solve
+
+
+def make_unroll(mesh: Mesh, cfg: ParallelConfig) -> Callable:
+    """Explicit-twin hook: (f, params, x, z0, n) -> (z_n, rel residual), same layout as the solve."""
+    z_spec = activation_spec(cfg, "batch", "seq", None)
+    row_spec = activation_spec(cfg, "batch")
+    comms = collectives(_seq_axis(mesh, cfg))
+    red = sample_reduce(mesh, cfg)
+
+    def unroll(f, params, x, z0, n: int):
+        def local(params, x, z0):
+            def body(carry, _):
+                z, _ = carry
+                return (f(params, z, x, comms=comms), z), None
+
+            (z, zprev), _ = lax.scan(body, (z0, z0), None, length=n)
+            rel = red.norm(z - zprev) / (red.norm(z) + 1e-12)
+            return z, rel
+
+        return jax.shard_map(local, mesh=mesh,
+                             in_specs=(_param_in_specs(params, cfg), _tree_spec(x, z_spec), z_spec),
+                             out_specs=(z_spec, row_spec))(params, x, z0)
+
+    return unroll
