@@ -1,30 +1,194 @@
-"""`deqdist` command line: train | eval | generate | bench."""
+"""`deqdist` command line: train | eval | generate | config | bench.
+
+    deqdist train [--config FILE] [--run-dir DIR] [--stop-after N] [key=value ...]
+    deqdist eval RUN_DIR [--split valid|test|both] [--batches N] [key=value ...]
+    deqdist generate RUN_DIR [--prompt TEXT | --prompt-ids 1,2,3] [--tokens N] [--temperature T] [key=value ...]
+    deqdist config [--config FILE] [key=value ...]       print the resolved config
+    deqdist bench solvers|model|parallel [--repeats N]
+
+Bad input (unknown key, wrong type, bad mesh sizes, missing data, a run
+directory that does not fit) prints one line on stderr and exits with 2;
+nothing is written.
+"""
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
+import inspect
 import sys
 
+COMMANDS = ("train", "eval", "generate", "config", "bench")
+BENCHES = ("solvers", "model", "parallel")
 
-def _bench(args) -> int:
-    if args.what == "solvers":
-        from .bench import solvers
-        print(solvers.run(repeats=args.repeats))
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit code 2) like every other bad input."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message}; see `{self.prog} --help`")
+
+
+def _add_distributed(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("multi-host (one process per host)")
+    g.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0 (env DEQDIST_COORDINATOR)")
+    g.add_argument("--num-processes", type=int, metavar="N", help="number of processes (env DEQDIST_NUM_PROCESSES)")
+    g.add_argument("--process-id", type=int, metavar="I", help="this process's index (env DEQDIST_PROCESS_ID)")
+    g.add_argument("--distributed", action="store_true",
+                   help="call jax.distributed.initialize() and let JAX find the cluster (TPU pods, SLURM)")
+
+
+OVERRIDES_HELP = "dotted overrides, e.g. solver.max_iter=20 train.steps=100 parallel.tensor=4"
+
+
+def build_parsers() -> dict[str, argparse.ArgumentParser]:
+    ps: dict[str, argparse.ArgumentParser] = {}
+    p = _Parser(prog="deqdist train", description="Train (or resume) a DEQ-Transformer.")
+    p.add_argument("--config", metavar="FILE", help="YAML config (default: the tiny preset, or RUN_DIR's config "
+                   "when resuming)")
+    p.add_argument("--run-dir", metavar="DIR", help="run directory (default: runs/<config>-<time>); an existing "
+                   "one resumes from its latest checkpoint")
+    p.add_argument("--stop-after", type=int, metavar="N", help="train at most N steps in this invocation, "
+                   "checkpoint and exit 0 (resume later)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
+    _add_distributed(p)
+    ps["train"] = p
+
+    p = _Parser(prog="deqdist eval", description="Valid/test metrics of a run's latest checkpoint (DEQ mode).")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--split", choices=["valid", "test", "both"], default="both")
+    p.add_argument("--batches", type=int, metavar="N",
+                   help="global batches per split (default: data.eval_batches / train.test_batches)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP + " (not model shapes)")
+    _add_distributed(p)
+    ps["eval"] = p
+
+    p = _Parser(prog="deqdist generate", description="Sample from a run's latest checkpoint (DEQ mode).")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--prompt", help="text prompt (byte corpora; default: logging.sample_prompt)")
+    g.add_argument("--prompt-ids", metavar="1,2,3", help="prompt as comma-separated token ids")
+    p.add_argument("--tokens", type=int, default=200, metavar="N", help="tokens to generate (default 200)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP + " (not model shapes)")
+    _add_distributed(p)
+    ps["generate"] = p
+
+    p = _Parser(prog="deqdist config", description="Print the resolved config as YAML.")
+    p.add_argument("--config", metavar="FILE")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
+    ps["config"] = p
+
+    p = _Parser(prog="deqdist bench", description="Benchmarks: solvers | model | parallel.")
+    p.add_argument("what", choices=BENCHES)
+    p.add_argument("--repeats", type=int, default=5)
+    ps["bench"] = p
+    return ps
+
+
+def _top_help() -> str:
+    return (
+        "usage: deqdist {train,eval,generate,config,bench} ...\n\n"
+        "Deep Equilibrium Transformers on many devices.\n\n"
+        "commands:\n"
+        "  train      train or resume a run (deqdist train --help)\n"
+        "  eval       valid/test metrics of a run's latest checkpoint\n"
+        "  generate   sample text from a run's latest checkpoint\n"
+        "  config     print the resolved config\n"
+        "  bench      benchmarks: solvers | model | parallel\n"
+    )
+
+
+# ---------------------------------------------------------------------------
+def _init_distributed(args) -> None:
+    from deqdist.train.distributed import maybe_initialize
+
+    maybe_initialize(args.coordinator, args.num_processes, args.process_id, args.distributed)
+
+
+def _train(args) -> int:
+    _init_distributed(args)
+    from deqdist.train import run_train
+
+    if args.stop_after is not None and args.stop_after < 1:
+        raise UsageError(f"--stop-after must be a positive integer, got {args.stop_after}")
+    return run_train(args.config, args.run_dir, args.overrides, stop_after=args.stop_after)
+
+
+def _eval(args) -> int:
+    _init_distributed(args)
+    from deqdist.train import run_eval
+
+    if args.batches is not None and args.batches < 1:
+        raise UsageError(f"--batches must be a positive integer, got {args.batches}")
+    splits = ("valid", "test") if args.split == "both" else (args.split,)
+    return run_eval(args.run_dir, args.overrides, splits=splits, batches=args.batches)
+
+
+def _generate(args) -> int:
+    _init_distributed(args)
+    from deqdist.train import run_generate
+
+    ids = None
+    if args.prompt_ids is not None:
+        try:
+            ids = [int(x) for x in args.prompt_ids.split(",") if x.strip()]
+        except ValueError:
+            raise UsageError(f"--prompt-ids must be comma-separated integers, got {args.prompt_ids!r}") from None
+        if not ids:
+            raise UsageError("--prompt-ids is empty")
+    if args.tokens < 0:
+        raise UsageError(f"--tokens must be >= 0, got {args.tokens}")
+    if args.temperature < 0:
+        raise UsageError(f"--temperature must be >= 0, got {args.temperature}")
+    return run_generate(args.run_dir, args.overrides, prompt=args.prompt, prompt_ids=ids, tokens=args.tokens,
+                        temperature=args.temperature, seed=args.seed)
+
+
+def _config(args) -> int:
+    from deqdist.config import load_config
+
+    print(load_config(args.config, args.overrides).to_yaml(), end="")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="deqdist", description="Deep Equilibrium Transformers on many devices.")
-    sub = p.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("bench", help="benchmarks: solvers | model | parallel")
-    b.add_argument("what", choices=["solvers"])
-    b.add_argument("--repeats", type=int, default=5)
-    b.set_defaults(func=_bench)
-    return p
+def _bench(args) -> int:
+    name = f"deqdist.bench.{args.what}"
+    if importlib.util.find_spec(name) is None:
+        raise UsageError(f"`deqdist bench {args.what}` is not available in this build ({name} is missing)")
+    mod = importlib.import_module(name)
+    kwargs = {"repeats": args.repeats} if "repeats" in inspect.signature(mod.run).parameters else {}
+    print(mod.run(**kwargs))
+    return 0
+
+
+HANDLERS = {"train": _train, "eval": _eval, "generate": _generate, "config": _config, "bench": _bench}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_top_help(), end="", file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    cmd = argv[0]
+    from deqdist.config import ConfigError
+    from deqdist.data import DataError
+
+    try:
+        if cmd not in HANDLERS:
+            raise UsageError(f"unknown command {cmd!r}; use one of {', '.join(COMMANDS)} (deqdist --help)")
+        args = build_parsers()[cmd].parse_intermixed_args(argv[1:])
+        return HANDLERS[cmd](args)
+    except (UsageError, ConfigError, DataError) as e:
+        msg = " ".join(str(e).split())
+        print(f"deqdist {cmd if cmd in HANDLERS else ''}: error: {msg}".replace("deqdist : ", "deqdist: "),
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,529 @@
+"""The run configuration: typed dataclasses, YAML files, dotted overrides, clear errors.
+
+A `Config` composes the config types that each part of deqdist owns:
+
+    model       deqdist.model.ModelConfig
+    solver      deqdist.deq.DEQConfig        (fwd / bwd: deqdist.solvers.SolverConfig)
+    parallel    deqdist.parallel.ParallelConfig
+    data        deqdist.data.DataConfig
+    train       TrainConfig       (optimizer, schedule, phases, eval/log cadence, seed)
+    checkpoint  CheckpointConfig  (cadence, retention, async)
+    logging     LoggingConfig     (TensorBoard, progress display, end-of-run sample)
+
+Layers are applied in order: the defaults (the `tiny` preset), a YAML file,
+then `key=value` overrides whose values are parsed as YAML (`train.lr=3e-4`,
+`data.split_fractions=[0.8,0.1,0.1]`, `data.cache_dir=null`).
+
+Shorthands and coupled keys:
+  * `solver.<field>` for a field of SolverConfig that DEQConfig lacks
+    (`solver.max_iter`, `solver.tol`, `solver.method`, ...) sets the *forward*
+    solver, i.e. means `solver.fwd.<field>`. Set `solver.bwd.<field>` for the
+    backward (adjoint) solve.
+  * `model.seq_len` and `data.seq_len` are one setting (the training context);
+    so are `model.vocab_size` and `data.vocab_size`. Setting either sets both;
+    giving both with different values in one layer is an error.
+
+Every problem is a `ConfigError` (a ValueError) whose message is one line and
+names what is valid.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from deqdist.data import DataConfig, DataError
+from deqdist.deq import DEQConfig
+from deqdist.model import ModelConfig
+from deqdist.parallel import ParallelConfig
+from deqdist.solvers import SolverConfig
+
+SCHEDULES = ("cosine", "linear", "constant")
+PROGRESS = ("auto", "bar", "lines", "off")
+
+
+class ConfigError(ValueError):
+    """A bad configuration value, key, file or combination; the message is one line."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+
+# ---------------------------------------------------------------------------
+# The orchestrator's own sections
+# ---------------------------------------------------------------------------
+@dataclasses.dataclass
+class TrainConfig:
+    """Optimisation and the loop's cadence.
+
+    The Jacobian regulariser and the explicit twin's depth are model settings
+    (`model.jac_reg_every`, `model.jac_reg_weight`, `model.n_unroll`); the
+    number of eval batches is `data.eval_batches`.
+    """
+
+    steps: int = 300  # optimizer steps of the whole run (resume continues to this)
+    lr: float = 2e-3  # peak learning rate (AdamW)
+    warmup_steps: int = 30  # linear warm-up from 0 to lr
+    schedule: str = "cosine"  # after warm-up: cosine | linear | constant
+    min_lr_ratio: float = 0.1  # cosine/linear decay to lr * min_lr_ratio at `steps`
+    weight_decay: float = 0.01  # decoupled (AdamW), on matrices only (not biases/LayerNorm gains)
+    b1: float = 0.9
+    b2: float = 0.98
+    eps: float = 1e-8
+    clip_norm: float = 1.0  # global gradient-norm clip; 0 turns it off
+    warmup_explicit_steps: int = 20  # first N steps train the explicit twin (model.n_unroll steps of f)
+    eval_every: int = 100  # validation every N steps (0: only at the end)
+    log_every: int = 10  # metrics every N steps
+    test_batches: int | None = 200  # final test evaluation (null: the whole test split)
+    seed: int = 0  # parameter init and dropout
+
+    def validate(self) -> "TrainConfig":
+        _positive(self, "train", "steps", "log_every")
+        _non_negative(self, "train", "warmup_steps", "warmup_explicit_steps", "eval_every")
+        if not self.lr > 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr!r}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"train.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        for name in ("b1", "b2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be in [0, 1), got {getattr(self, name)!r}")
+        for name in ("weight_decay", "clip_norm", "eps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.test_batches is not None and self.test_batches < 1:
+            raise ConfigError(f"train.test_batches must be a positive integer or null, got {self.test_batches!r}")
+        if self.seed < 0:
+            raise ConfigError(f"train.seed must be >= 0, got {self.seed!r}")
+        return self
+
+
+@dataclasses.dataclass
+class CheckpointConfig:
+    every: int = 100  # save every N steps (0: only at the end and on preemption)
+    keep: int = 3  # keep the last K checkpoints
+    async_save: bool = True  # write in the background while training continues
+
+    def validate(self) -> "CheckpointConfig":
+        _non_negative(self, "checkpoint", "every")
+        _positive(self, "checkpoint", "keep")
+        return self
+
+
+@dataclasses.dataclass
+class LoggingConfig:
+    tensorboard: bool = True  # TensorBoard event files in RUN_DIR/tb (process 0)
+    progress: str = "auto"  # auto (bar on a terminal, else lines) | bar | lines | off
+    sample_tokens: int = 200  # length of the sample printed at the end (0: none)
+    sample_prompt: str = "def "
+    sample_temperature: float = 0.8  # 0: greedy
+
+    def validate(self) -> "LoggingConfig":
+        if self.progress not in PROGRESS:
+            raise ConfigError(f"logging.progress must be one of {', '.join(PROGRESS)}, got {self.progress!r}")
+        _non_negative(self, "logging", "sample_tokens")
+        if self.sample_temperature < 0:
+            raise ConfigError(f"logging.sample_temperature must be >= 0, got {self.sample_temperature!r}")
+        return self
+
+
+def _positive(obj, section: str, *names: str) -> None:
+    for n in names:
+        if getattr(obj, n) < 1:
+            raise ConfigError(f"{section}.{n} must be a positive integer, got {getattr(obj, n)!r}")
+
+
+def _non_negative(obj, section: str, *names: str) -> None:
+    for n in names:
+        if getattr(obj, n) < 0:
+            raise ConfigError(f"{section}.{n} must be an integer >= 0, got {getattr(obj, n)!r}")
+
+
+# ---------------------------------------------------------------------------
+# The composed config; its defaults are the `tiny` preset (configs/tiny.yaml)
+# ---------------------------------------------------------------------------
+def _tiny_data() -> DataConfig:
+    return DataConfig(seq_len=64, global_batch_size=32, vocab_size=256, eval_batches=20)
+
+
+def _tiny_solver() -> DEQConfig:
+    return DEQConfig(fwd=SolverConfig(max_iter=24, tol=1e-3), bwd=SolverConfig(max_iter=24, tol=1e-3))
+
+
+@dataclasses.dataclass
+class Config:
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    solver: DEQConfig = dataclasses.field(default_factory=_tiny_solver)
+    parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
+    data: DataConfig = dataclasses.field(default_factory=_tiny_data)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
+
+    # -------------------------------------------------------------- validation
+    def validate(self) -> "Config":
+        """Every part's own checks plus the cross-section ones; ConfigError on the first problem."""
+        _wrap(self.model.validate, "")
+        _wrap(self.solver.fwd.validate, "solver.fwd: ")
+        _wrap(self.solver.bwd.validate, "solver.bwd: ")
+        _wrap(self.solver.validate, "")
+        _wrap(self.parallel.validate, "")
+        _wrap(self.data.validate, "")
+        self.train.validate()
+        self.checkpoint.validate()
+        self.logging.validate()
+        if self.data.seq_len != self.model.seq_len:
+            raise ConfigError(
+                f"data.seq_len ({self.data.seq_len}) and model.seq_len ({self.model.seq_len}) differ; "
+                f"they are one setting: set model.seq_len"
+            )
+        if self.data.vocab_size not in (None, self.model.vocab_size):
+            raise ConfigError(
+                f"data.vocab_size ({self.data.vocab_size}) and model.vocab_size ({self.model.vocab_size}) differ; "
+                f"they are one setting: set model.vocab_size"
+            )
+        if self.train.warmup_explicit_steps > self.train.steps:
+            raise ConfigError(
+                f"train.warmup_explicit_steps ({self.train.warmup_explicit_steps}) exceeds train.steps "
+                f"({self.train.steps}): the run would never train the DEQ"
+            )
+        return self
+
+    # ------------------------------------------------------------- conversion
+    def to_dict(self) -> dict:
+        """Plain nested dict (lists for tuples), the form written to config.yaml."""
+        return _plain(dataclasses.asdict(self))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(
+            "# deqdist resolved config: reload with `deqdist train --config THIS_FILE`\n" + self.to_yaml()
+        )
+
+    @staticmethod
+    def from_dict(d: Mapping, source: str = "config") -> "Config":
+        return resolve([(d, source)])
+
+    @staticmethod
+    def load(path: str | Path, overrides: Iterable[str] = ()) -> "Config":
+        return load_config(path, overrides)
+
+
+def _wrap(fn, prefix: str) -> None:
+    try:
+        fn()
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:  # DataError is a ValueError too
+        raise ConfigError(prefix + str(e)) from None
+
+
+def _plain(x):
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+# ---------------------------------------------------------------------------
+# Key handling: the schema is the dataclass tree itself
+# ---------------------------------------------------------------------------
+SECTIONS = {f.name: f for f in dataclasses.fields(Config)}
+COUPLED = (("model.seq_len", "data.seq_len"), ("model.vocab_size", "data.vocab_size"))
+_SOLVER_FIELDS = {f.name for f in dataclasses.fields(SolverConfig)}
+_DEQ_FIELDS = {f.name for f in dataclasses.fields(DEQConfig)}
+_FWD_ALIASES = sorted(_SOLVER_FIELDS - _DEQ_FIELDS)
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_dataclass_type(t) -> bool:
+    return isinstance(t, type) and dataclasses.is_dataclass(t)
+
+
+def _section_class(path: tuple[str, ...]):
+    """The dataclass type at a (possibly nested) section path, or None if the path is a leaf."""
+    cls = Config
+    for p in path:
+        t = _hints(cls).get(p)
+        if not _is_dataclass_type(t):
+            return None
+        cls = t
+    return cls
+
+
+def _valid_keys_message(prefix: tuple[str, ...], cls) -> str:
+    names = sorted(f.name for f in dataclasses.fields(cls))
+    where = f"under '{'.'.join(prefix)}'" if prefix else "(top-level sections)"
+    msg = f"valid keys {where}: {', '.join(names)}"
+    if cls is DEQConfig:
+        msg += f"; forward-solver shorthands: {', '.join(_FWD_ALIASES)}"
+    return msg
+
+
+def canonical_key(key: str, section_ok: bool = False) -> str:
+    """Check a dotted key against the schema; expand solver shorthands. ConfigError if unknown.
+
+    A key naming a whole section is an error unless `section_ok`.
+    """
+    parts = tuple(p for p in key.strip().split("."))
+    if not parts or any(not p for p in parts):
+        raise ConfigError(f"malformed key {key!r}; use dotted names like train.lr or solver.fwd.max_iter")
+    if len(parts) == 2 and parts[0] == "solver" and parts[1] in _FWD_ALIASES:
+        parts = ("solver", "fwd", parts[1])
+    cls = Config
+    for i, p in enumerate(parts):
+        names = {f.name for f in dataclasses.fields(cls)}
+        if p not in names:
+            candidates = sorted(names | (set(_FWD_ALIASES) if cls is DEQConfig else set()))
+            close = difflib.get_close_matches(p, candidates, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown key '{key}'{hint}; {_valid_keys_message(parts[:i], cls)}")
+        t = _hints(cls)[p]
+        if _is_dataclass_type(t):
+            if i == len(parts) - 1 and not section_ok:
+                raise ConfigError(
+                    f"'{key}' is a section, not a value; set one of its keys, "
+                    f"{_valid_keys_message(parts[: i + 1], t)}"
+                )
+            cls = t
+        elif i != len(parts) - 1:
+            raise ConfigError(f"unknown key '{key}': '{'.'.join(parts[: i + 1])}' is a value, not a section")
+    return ".".join(parts)
+
+
+def _flatten(d: Any, prefix: str, source: str) -> dict[str, Any]:
+    """Nested mapping from YAML -> {dotted key: value}; sections must be mappings."""
+    out: dict[str, Any] = {}
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(d).__name__}")
+    for k, v in d.items():
+        if not isinstance(k, str):
+            raise ConfigError(f"{source}: key {k!r} under '{prefix or 'top level'}' is not a string")
+        key = f"{prefix}.{k}" if prefix else k
+        parts = tuple(canonical_key(key, section_ok=True).split("."))
+        if _section_class(parts) is not None:
+            if v is None:
+                continue  # an empty section in YAML
+            if not isinstance(v, Mapping):
+                raise ConfigError(f"{source}: '{key}' is a section and must be a mapping, got {v!r}")
+            out.update(_flatten(v, key, source))
+        else:
+            out[".".join(parts)] = v
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Types: YAML values -> the field's annotated type
+# ---------------------------------------------------------------------------
+def _type_name(t) -> str:
+    origin = typing.get_origin(t)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(t)
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in args)
+    if origin is tuple:
+        return "a list"
+    return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(t, str(t))
+
+
+def _coerce(value: Any, t: Any, key: str) -> Any:
+    origin = typing.get_origin(t)
+    if t is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(t)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError:
+                pass
+        raise _type_error(key, value, t)
+    if origin is tuple or t is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise _type_error(key, value, t)
+        args = typing.get_args(t)
+        if not args:
+            return tuple(value)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key) for v in value)
+        if len(args) != len(value):
+            raise ConfigError(f"{key} must be a list of {len(args)} items, got {value!r}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+    if t is bool:
+        if isinstance(value, bool):
+            return value
+        raise _type_error(key, value, t)
+    if t is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _type_error(key, value, t)
+    if t is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            # PyYAML reads 3e-4 (no dot) as a string.
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise _type_error(key, value, t)
+    if t is str:
+        if isinstance(value, str):
+            return value
+        raise _type_error(key, value, t)
+    return value
+
+
+def _type_error(key: str, value: Any, t: Any) -> ConfigError:
+    return ConfigError(f"{key} must be {_type_name(t)}, got {value!r} ({type(value).__name__})")
+
+
+def _field_type(key: str):
+    parts = key.split(".")
+    cls = _section_class(tuple(parts[:-1]))
+    return _hints(cls)[parts[-1]]
+
+
+def _build(cls, values: Mapping[str, Any], prefix: str):
+    """Instantiate `cls` from {dotted key: value}, coercing leaves to their field types."""
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        t = _hints(cls)[f.name]
+        if _is_dataclass_type(t):
+            kwargs[f.name] = _build(t, values, key)
+        elif key in values:
+            kwargs[f.name] = _coerce(values[key], t, key)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{prefix or 'config'}: {e}") from None
+
+
+# ---------------------------------------------------------------------------
+# Layers: defaults < YAML file < overrides
+# ---------------------------------------------------------------------------
+def _defaults_flat() -> dict[str, Any]:
+    return _flatten(Config().to_dict(), "", "defaults")
+
+
+def _apply(flat: dict[str, Any], layer: dict[str, Any], source: str) -> None:
+    layer = dict(layer)
+    for group in COUPLED:
+        given = {k: layer[k] for k in group if k in layer}
+        if len(given) > 1 and len({repr(v) for v in given.values()}) > 1:
+            a, b = list(given.items())[:2]
+            raise ConfigError(
+                f"{source}: {a[0]} ({a[1]!r}) and {b[0]} ({b[1]!r}) disagree; they are one setting, give one of them"
+            )
+        if given:
+            value = next(iter(given.values()))
+            for k in group:
+                layer[k] = value
+    flat.update(layer)
+
+
+def resolve(layers: Iterable[tuple[Mapping | dict, str]], overrides: Iterable[str] = ()) -> Config:
+    """Config from the defaults, then nested-mapping layers (e.g. YAML files), then overrides."""
+    flat = _defaults_flat()
+    for d, source in layers:
+        _apply(flat, _flatten(d, "", source), source)
+    _apply(flat, parse_overrides(overrides), "command line")
+    cfg = _build(Config, flat, "")
+    return cfg.validate()
+
+
+def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
+    """['train.lr=3e-4', ...] -> {canonical key: typed-ish value} (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value, e.g. train.steps=100")
+        key, raw = item.split("=", 1)
+        key = canonical_key(key)
+        t = _field_type(key)
+        out[key] = _parse_value(raw, t, key)
+    return out
+
+
+def _parse_value(raw: str, t: Any, key: str) -> Any:
+    string_typed = t is str or (
+        typing.get_origin(t) in (typing.Union, types.UnionType) and str in typing.get_args(t)
+    )
+    if string_typed and raw.strip() not in ("null", "~", "None"):
+        return raw  # strings are taken verbatim (a corpus path may look like a number)
+    try:
+        return yaml.safe_load(raw) if raw.strip() else raw
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{key}: cannot parse value {raw!r} ({str(e).splitlines()[0]})") from None
+
+
+def read_yaml(path: str | Path) -> dict:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist" + _presets_hint())
+    try:
+        d = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if d is None:
+        return {}
+    if not isinstance(d, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections, got {type(d).__name__}")
+    return d
+
+
+def _presets_hint() -> str:
+    here = Path(__file__).resolve().parent.parent / "configs"
+    names = sorted(p.name for p in here.glob("*.yaml")) if here.is_dir() else []
+    return f"; presets in {here}: {', '.join(names)}" if names else ""
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Defaults (tiny) < the YAML file at `path` (if any) < dotted overrides."""
+    layers = [] if path is None else [(read_yaml(path), str(path))]
+    return resolve(layers, overrides)
+
+
+# Fields of ModelConfig that change the parameter tree (shapes, dtypes or presence).
+SHAPE_KEYS = ("vocab_size", "d_model", "n_heads", "d_mlp", "tie_embeddings", "weight_norm", "param_dtype")
+
+
+def shape_conflicts(saved: Config, new: Config) -> list[str]:
+    """'model.d_model: 64 (saved) vs 128 (new)' for every parameter-shape setting that differs."""
+    out = []
+    for k in SHAPE_KEYS:
+        a, b = getattr(saved.model, k), getattr(new.model, k)
+        if a != b:
+            out.append(f"model.{k}: {a!r} (saved) vs {b!r} (new)")
+    return out
+
+
+def diff(a: Config, b: Config) -> list[str]:
+    """'key: old -> new' for every leaf that differs."""
+    fa, fb = _flatten(a.to_dict(), "", "a"), _flatten(b.to_dict(), "", "b")
+    return [f"{k}: {fa[k]!r} -> {fb[k]!r}" for k in fa if fa[k] != fb.get(k)]
+
+
+__all__ = [
+    "COUPLED", "CheckpointConfig", "Config", "ConfigError", "LoggingConfig", "SECTIONS", "SHAPE_KEYS",
+    "TrainConfig", "canonical_key", "diff", "load_config", "parse_overrides", "read_yaml", "resolve",
+    "shape_conflicts",
+]

@@ -1,0 +1,27 @@
+"""Evaluation over a split: a fresh eval iterator, the compiled eval step, summed on the host."""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+from deqdist.config import Config
+from deqdist.data import Corpus, eval_iterator, to_global
+from deqdist.train.step import Steps, summarize_eval
+
+
+def evaluate(steps: Steps, params: Any, corpus: Corpus, cfg: Config, split: str, *, mode: str = "deq",
+             max_batches: int | None = None) -> dict[str, float]:
+    """Loss (nats/token), bpb or ppl and forward-solver means over up to `max_batches` global batches."""
+    fn = steps.eval_step(mode)
+    it = eval_iterator(corpus, cfg.data, split, max_batches=max_batches)
+    totals: dict[str, Any] = {}
+    n = 0
+    for host_batch in it:
+        out = fn(params, to_global(host_batch, steps.batch_sharding))
+        totals = out if not totals else jax.tree.map(lambda a, b: a + b, totals, out)
+        n += 1
+    sums = {k: float(v) for k, v in jax.device_get(totals).items()}
+    res = summarize_eval(sums, corpus.kind)
+    res["batches"] = n
+    return res

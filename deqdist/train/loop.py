@@ -1,0 +1,338 @@
+"""The training run: config -> mesh, data, sharded state, checkpoints -> steps -> final test + sample.
+
+Everything that can be wrong with the inputs (config, mesh sizes, layout,
+corpus, run directory) is checked before the run directory is touched, so a
+bad invocation writes nothing. Exit codes: 0 done (or stopped by SIGTERM /
+--stop-after after checkpointing), 130 stopped by Ctrl-C after checkpointing.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+
+from deqdist.config import Config
+from deqdist.data import Corpus, DataError, eval_iterator, load_corpus, to_global, train_iterator
+from deqdist.train import mesh as meshlib
+from deqdist.train import rundir as rd
+from deqdist.train.checkpoint import Checkpoints
+from deqdist.train.evaluate import evaluate
+from deqdist.train.generate import generate
+from deqdist.train.metrics import MetricsSink, Progress, summary
+from deqdist.train.preempt import Preemption
+from deqdist.train.state import StateSpec, init_state, state_spec
+from deqdist.train.step import Steps
+
+LN2 = float(np.log(2.0))
+
+
+def _primary() -> bool:
+    return jax.process_index() == 0
+
+
+def _say(msg: str) -> None:
+    if _primary():
+        print(msg, flush=True)
+
+
+def load_data(cfg: Config) -> Corpus:
+    d = cfg.data
+    corpus = load_corpus(d.corpus, vocab_size=cfg.model.vocab_size, token_dtype=d.token_dtype,
+                         cache_dir=d.cache_dir, split_fractions=d.split_fractions)
+    if corpus.vocab_size > cfg.model.vocab_size:
+        raise DataError(f"corpus {corpus.name!r} has vocab {corpus.vocab_size} > model.vocab_size "
+                        f"{cfg.model.vocab_size}; raise model.vocab_size")
+    return corpus
+
+
+class Session:
+    """Mesh, state layout, compiled steps and checkpoints for one config (train, eval and generate share it)."""
+
+    def __init__(self, cfg: Config, run_dir: Path, *, create_checkpoints: bool):
+        self.cfg, self.run_dir = cfg, run_dir
+        self.mesh = meshlib.build_mesh(cfg)
+        self.spec: StateSpec = state_spec(cfg, self.mesh)
+        solve, unroll = meshlib.hooks(self.mesh, cfg)
+        self.steps = Steps(cfg, self.spec, meshlib.batch_sharding(self.mesh, cfg), solve, unroll)
+        self._create = create_checkpoints
+        self.ckpt: Checkpoints | None = None
+
+    def open_checkpoints(self) -> Checkpoints:
+        if self.ckpt is None:
+            c = self.cfg.checkpoint
+            self.ckpt = Checkpoints(self.run_dir / rd.CHECKPOINTS, keep=c.keep, async_save=c.async_save,
+                                    create=self._create)
+        return self.ckpt
+
+    def restore_latest(self, data_iter=None) -> tuple[Any, int | None]:
+        ck = self.open_checkpoints()
+        step = ck.latest_step()
+        if step is None:
+            return None, None
+        return ck.restore(step, self.spec.abstract_for_restore(), data_iter), step
+
+    def close(self) -> None:
+        if self.ckpt is not None:
+            self.ckpt.close()
+
+
+# ---------------------------------------------------------------------------
+# deqdist train
+# ---------------------------------------------------------------------------
+def run_train(config_path: str | None, run_dir: Path | None, overrides: Sequence[str], *,
+              stop_after: int | None = None) -> int:
+    if run_dir is None:
+        if jax.process_count() > 1:
+            raise rd.RunDirError("with several processes give --run-dir (a directory every host can reach)")
+        run_dir = rd.default_run_dir(config_path)
+    run_dir = Path(run_dir)
+    cfg, saved = rd.resolve_for_train(config_path, run_dir, overrides)
+    cfg.data.per_host_batch(jax.process_count())  # DataError if not divisible
+
+    # ---- validate everything before writing anything
+    session = Session(cfg, run_dir, create_checkpoints=False)
+    corpus = load_data(cfg)
+    rd.check_corpus(run_dir, corpus.info())
+    data_it = train_iterator(corpus, cfg.data)
+    eval_iterator(corpus, cfg.data, "valid")  # DataError now if the valid split is too short
+    eval_iterator(corpus, cfg.data, "test", max_batches=cfg.train.test_batches)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    session._create = True
+    state, start = session.restore_latest(data_it)
+    resumed = start is not None
+    if not resumed:
+        state, start = init_state(cfg, session.spec), 0
+    if _primary():
+        cfg.save(run_dir / rd.CONFIG)
+        (run_dir / rd.CORPUS).write_text(json.dumps(corpus.info(), indent=1) + "\n")
+        rd.append_runlog(run_dir, _run_entry(session, start, resumed, saved, cfg))
+    n_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(session.spec.abstract["params"]))
+    mesh_desc = " x ".join(f"{k}={v}" for k, v in session.mesh.shape.items())
+    _say(f"run dir: {run_dir}")
+    _say(f"model: {n_params:,} parameters; mesh {mesh_desc} on {jax.device_count()} {jax.devices()[0].platform} "
+         f"device(s), {jax.process_count()} process(es); corpus {corpus.name} "
+         f"({corpus.sizes()['train']:,} train {'bytes' if corpus.kind == 'bytes' else 'tokens'})")
+    if resumed:
+        _say(f"resumed from checkpoint at step {start}")
+    try:
+        return _train_loop(session, state, start, corpus, data_it, stop_after)
+    finally:
+        session.close()
+
+
+def _run_entry(session: Session, start: int, resumed: bool, saved: Config | None, cfg: Config) -> dict:
+    from deqdist.config import diff
+
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "start_step": start,
+        "resumed": resumed,
+        "changed": diff(saved, cfg) if saved is not None else [],
+        "mesh": dict(session.mesh.shape),
+        "devices": jax.device_count(),
+        "platform": jax.devices()[0].platform,
+        "processes": jax.process_count(),
+        "versions": {"python": platform.python_version(), "jax": jax.__version__},
+    }
+
+
+def _train_loop(session: Session, state, start: int, corpus: Corpus, data_it, stop_after: int | None) -> int:
+    cfg, steps, ckpt = session.cfg, session.steps, session.open_checkpoints()
+    t = cfg.train
+    total = t.steps
+    primary = _primary()
+    sink = MetricsSink(session.run_dir, enabled=primary, tensorboard=cfg.logging.tensorboard, resume_step=start)
+    progress = Progress(cfg.logging.progress, total=total, initial=start, enabled=primary)
+    tokens_per_step = cfg.data.global_batch_size * cfg.model.seq_len
+    unit = "bpb" if corpus.kind == "bytes" else "ppl"
+    step = start
+    last_saved = start if start > 0 else None
+    compiled: set = set()
+    window: list = []
+    t_last, s_last = time.time(), step
+    code = 0
+    try:
+        with Preemption() as pre:
+            while step < total:
+                mode = steps.mode_at(step)
+                if step == t.warmup_explicit_steps and step > 0 and step != start:
+                    progress.write(f"step {step}: explicit warm-up done, training the DEQ from here")
+                fn = steps.train_step(step)
+                batch = to_global(next(data_it), steps.batch_sharding)
+                key = (mode, steps.jac_at(step))
+                if key not in compiled:
+                    t0 = time.time()
+                    state, m = fn(state, batch)
+                    jax.block_until_ready(m)
+                    progress.write(f"compiled the {mode}{' + jac-reg' if key[1] else ''} train step "
+                                   f"in {time.time() - t0:.1f}s")
+                    compiled.add(key)
+                    t_last, s_last = time.time(), step + 1
+                else:
+                    state, m = fn(state, batch)
+                step += 1
+                window.append(m["loss"])
+                progress.step(step)
+                if step % t.log_every == 0 or step == total:
+                    m = {k: float(v) for k, v in jax.device_get(m).items()}
+                    m["loss"] = float(np.mean(jax.device_get(window)))
+                    window = []
+                    if unit == "bpb":
+                        m["bpb"] = m["loss"] / LN2
+                    else:
+                        m["ppl"] = float(np.exp(min(m["loss"], 700.0)))
+                    now = time.time()
+                    if step > s_last:
+                        m["tok_s"] = tokens_per_step * (step - s_last) / max(now - t_last, 1e-9)
+                    t_last, s_last = now, step
+                    m["deq"] = 1.0 if mode == "deq" else 0.0
+                    sink.write("train", step, m)
+                    progress.log(step, m)
+                if t.eval_every and step % t.eval_every == 0 and step < total:
+                    _eval_and_log(session, state, corpus, "valid", step, steps.mode_at(step - 1), sink, progress,
+                                  cfg.data.eval_batches)
+                    t_last, s_last = time.time(), step
+                if cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
+                    ckpt.save(step, state, data_it)
+                    last_saved = step
+                if pre.requested():
+                    if last_saved != step:
+                        ckpt.save(step, state, data_it, wait=True)
+                    ckpt.wait()
+                    progress.close()
+                    _say(f"{pre.name}: saved a checkpoint at step {step} and stopped; "
+                         f"resume with: deqdist train --run-dir {session.run_dir}")
+                    return pre.exit_code
+                if stop_after is not None and step - start >= stop_after and step < total:
+                    if last_saved != step:
+                        ckpt.save(step, state, data_it, wait=True)
+                    ckpt.wait()
+                    progress.close()
+                    _say(f"stopped after {stop_after} steps (--stop-after) at step {step}; checkpoint saved; "
+                         f"resume with: deqdist train --run-dir {session.run_dir}")
+                    return 0
+            if last_saved != step:
+                ckpt.save(step, state, data_it)
+            progress.close()
+            if start >= total:
+                _say(f"run is already at step {start} = train.steps; nothing to train (raise train.steps to go on)")
+            code = _finish(session, state, corpus, step, sink)
+            ckpt.wait()
+    finally:
+        progress.close()
+        sink.close()
+    return code
+
+
+def _eval_and_log(session: Session, state, corpus: Corpus, split: str, step: int, mode: str, sink: MetricsSink,
+                  progress: Progress, max_batches: int | None) -> dict:
+    t0 = time.time()
+    res = evaluate(session.steps, state["params"], corpus, session.cfg, split, mode=mode, max_batches=max_batches)
+    res["seconds"] = time.time() - t0
+    res["deq"] = 1.0 if mode == "deq" else 0.0
+    sink.write(split, step, res)
+    progress.write(f"step {step} {split} ({mode}, {res['batches']} batches): {summary(res, ('loss', 'bpb', 'ppl', 'fwd_iters', 'fwd_hit_max'))}")
+    return res
+
+
+def _finish(session: Session, state, corpus: Corpus, step: int, sink: MetricsSink) -> int:
+    cfg = session.cfg
+    res_valid = _eval_and_log(session, state, corpus, "valid", step, "deq", sink, _Printer(), cfg.data.eval_batches)
+    res_test = _eval_and_log(session, state, corpus, "test", step, "deq", sink, _Printer(), cfg.train.test_batches)
+    lg = cfg.logging
+    sample = None
+    if lg.sample_tokens > 0 and corpus.kind == "bytes":
+        ids = generate(session.spec, cfg, state["params"], list(lg.sample_prompt.encode("utf-8")) or [10],
+                       lg.sample_tokens, temperature=lg.sample_temperature, seed=cfg.train.seed)
+        sample = lg.sample_prompt + corpus.decode(ids)
+    if _primary():
+        if corpus.kind == "bytes":
+            _say(f"test bits/byte: {res_test['bpb']:.4f} (loss {res_test['loss']:.4f} nats/byte over "
+                 f"{int(res_test['tokens']):,} bytes; valid {res_valid['bpb']:.4f})")
+        else:
+            _say(f"test perplexity: {res_test['ppl']:.2f} (loss {res_test['loss']:.4f} nats/token over "
+                 f"{int(res_test['tokens']):,} tokens; valid {res_valid['ppl']:.2f})")
+        if sample is not None:
+            _say(f"sample (temperature {lg.sample_temperature}, {lg.sample_tokens} bytes, prompt {lg.sample_prompt!r}):")
+            _say("-" * 60 + "\n" + sample + "\n" + "-" * 60)
+        results = {"step": step, "valid": res_valid, "test": res_test, "sample": sample, "corpus": corpus.info()}
+        (session.run_dir / rd.RESULTS).write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+class _Printer(Progress):
+    def __init__(self):
+        super().__init__("off", total=0, initial=0, enabled=_primary())
+
+
+# ---------------------------------------------------------------------------
+# deqdist eval / generate
+# ---------------------------------------------------------------------------
+def _open_run(run_dir: Path, overrides: Sequence[str]) -> tuple[Session, Any, int]:
+    cfg = rd.resolve_for_run(run_dir, overrides)
+    ck_dir = run_dir / rd.CHECKPOINTS
+    if not ck_dir.is_dir():
+        raise rd.RunDirError(f"{run_dir} has no checkpoints yet ({ck_dir} is missing)")
+    session = Session(cfg, run_dir, create_checkpoints=False)
+    state, step = session.restore_latest()
+    if step is None:
+        session.close()
+        raise rd.RunDirError(f"{run_dir} has no complete checkpoint in {ck_dir}")
+    return session, state, step
+
+
+def run_eval(run_dir: Path, overrides: Sequence[str], *, splits: Sequence[str], batches: int | None) -> int:
+    run_dir = Path(run_dir)
+    cfg = rd.resolve_for_run(run_dir, overrides)
+    corpus = load_data(cfg)
+    rd.check_corpus(run_dir, corpus.info())
+    session, state, step = _open_run(run_dir, overrides)
+    try:
+        out = {"step": step}
+        for split in splits:
+            mb = batches if batches is not None else (cfg.data.eval_batches if split == "valid" else cfg.train.test_batches)
+            res = evaluate(session.steps, state["params"], corpus, cfg, split, mode="deq", max_batches=mb)
+            out[split] = res
+            _say(f"step {step} {split} ({res['batches']} batches, {int(res['tokens']):,} tokens): "
+                 f"{summary(res, ('loss', 'bpb', 'ppl', 'fwd_iters', 'fwd_hit_max'))}")
+        _say(json.dumps(out))
+    finally:
+        session.close()
+    return 0
+
+
+def run_generate(run_dir: Path, overrides: Sequence[str], *, prompt: str | None, prompt_ids: Sequence[int] | None,
+                 tokens: int, temperature: float, seed: int) -> int:
+    run_dir = Path(run_dir)
+    cfg = rd.resolve_for_run(run_dir, overrides)
+    info_path = run_dir / rd.CORPUS
+    kind = json.loads(info_path.read_text()).get("kind", "bytes") if info_path.is_file() else "bytes"
+    if prompt_ids is None:
+        if kind != "bytes":
+            raise rd.RunDirError(f"{run_dir} was trained on tokenizer ids, not bytes; pass --prompt-ids 1,2,3")
+        text = cfg.logging.sample_prompt if prompt is None else prompt
+        prompt_ids = list(text.encode("utf-8"))
+        if not prompt_ids:
+            raise rd.RunDirError("--prompt is empty; give at least one character")
+    bad = [i for i in prompt_ids if not 0 <= i < cfg.model.vocab_size]
+    if bad:
+        raise rd.RunDirError(f"prompt ids {bad[:5]} are outside [0, model.vocab_size={cfg.model.vocab_size})")
+    session, state, step = _open_run(run_dir, overrides)
+    try:
+        ids = generate(session.spec, cfg, state["params"], prompt_ids, tokens, temperature=temperature, seed=seed)
+    finally:
+        session.close()
+    if _primary():
+        if kind == "bytes":
+            from deqdist.data import decode
+
+            print(decode(prompt_ids) + decode(ids), flush=True)
+        else:
+            print(" ".join(str(i) for i in list(prompt_ids) + ids), flush=True)
+    return 0

@@ -1,0 +1,77 @@
+"""The trainer's only door to the mesh: everything here goes through deqdist.parallel.
+
+Mesh sizes and the rule table live in `ParallelConfig`; this module turns bad
+sizes into `ConfigError`s that name the numbers, and checks that every sharded
+dimension (parameters, the token batch, the solver's (B, S, D) activations)
+divides evenly *before* anything is compiled or written.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from deqdist import parallel
+from deqdist.config import Config, ConfigError
+
+
+def build_mesh(cfg: Config) -> Mesh:
+    try:
+        return parallel.make_mesh(cfg.parallel)
+    except ValueError as e:
+        n = jax.device_count()
+        raise ConfigError(f"{e} ({n} device{'s' if n != 1 else ''} visible)") from None
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh, cfg: Config) -> NamedSharding:
+    return parallel.batch_sharding(mesh, cfg.parallel)
+
+
+def param_shardings(param_state, mesh: Mesh, cfg: Config):
+    """NamedShardings (same tree as `param_state`, an nnx.State of Params) from the rule table."""
+    return parallel.param_shardings(param_state, mesh, cfg.parallel)
+
+
+def hooks(mesh: Mesh, cfg: Config) -> tuple[Any, Any]:
+    """(solve, unroll) hooks for the model, sharded over `mesh`."""
+    return parallel.make_solve(mesh, cfg.parallel), parallel.make_unroll(mesh, cfg.parallel)
+
+
+def _parts(mesh: Mesh, spec_entry) -> tuple[tuple[str, ...], int]:
+    if spec_entry is None:
+        return (), 1
+    axes = (spec_entry,) if isinstance(spec_entry, str) else tuple(spec_entry)
+    return axes, math.prod(mesh.shape[a] for a in axes)
+
+
+def check_divisible(shape: tuple[int, ...], spec: P, mesh: Mesh, what: str, hint: str = "") -> None:
+    for dim, entry in enumerate(spec):
+        axes, parts = _parts(mesh, entry)
+        if dim < len(shape) and shape[dim] % parts:
+            sizes = ", ".join(f"{a}={mesh.shape[a]}" for a in axes)
+            raise ConfigError(
+                f"{what} dim {dim} has size {shape[dim]}, not divisible by the {parts} devices of mesh axes "
+                f"({sizes}){hint}"
+            )
+
+
+def check_layout(cfg: Config, mesh: Mesh, abstract_params: Any, param_sh: Any) -> None:
+    """ConfigError naming the numbers if any sharded dimension does not split evenly."""
+    B, S, D = cfg.data.global_batch_size, cfg.model.seq_len, cfg.model.d_model
+    hint = "; change data.global_batch_size or the parallel.* sizes"
+    check_divisible((B, S), batch_sharding(mesh, cfg).spec, mesh, "the token batch (data.global_batch_size, seq_len)", hint)
+    z_spec = parallel.activation_spec(cfg.parallel, "batch", "seq", None)
+    check_divisible((B, S, D), z_spec, mesh, "the equilibrium state z (batch, model.seq_len, d_model)",
+                    "; change model.seq_len, data.global_batch_size or the parallel.* sizes")
+    flat_p = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
+    flat_s = jax.tree.leaves(param_sh, is_leaf=lambda x: isinstance(x, NamedSharding))
+    for (path, leaf), sh in zip(flat_p, flat_s):
+        name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+        check_divisible(tuple(leaf.shape), sh.spec, mesh, f"parameter {name} {tuple(leaf.shape)}",
+                        "; change the model size (model.n_heads, d_mlp, vocab_size) or parallel.tensor/fsdp")

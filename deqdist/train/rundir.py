@@ -1,0 +1,124 @@
+"""The run directory: what is in it, how a config is resolved against it, what may change on resume.
+
+    RUN_DIR/
+      config.yaml      resolved config of the latest invocation (reload: --config RUN_DIR/config.yaml)
+      corpus.json      corpus name, kind, sizes, source and sha256 content hash
+      run.json         one entry per invocation: start step, devices, mesh, processes, versions
+      metrics.jsonl    one JSON object per log step / evaluation ("kind": train | valid | test)
+      tb/              TensorBoard event files (scalars "<kind>/<metric>")
+      checkpoints/     orbax: <step>/state (params, AdamW, step, RNG) and <step>/data (iterator per process)
+      results.json     final test metrics and the generated sample
+
+Resolution: with --config FILE the file is the base; otherwise an existing run's
+config.yaml is (so `deqdist train --run-dir DIR train.steps=600` extends a run);
+otherwise the built-in defaults (the tiny preset). Overrides apply last.
+A resume may change anything but the parameter shapes (model.vocab_size,
+d_model, n_heads, d_mlp, tie_embeddings, weight_norm, param_dtype) and the
+corpus content; those are refused before anything is written.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+from typing import Sequence
+
+from deqdist.config import Config, ConfigError, load_config, read_yaml, resolve, shape_conflicts
+
+CONFIG = "config.yaml"
+CORPUS = "corpus.json"
+RUNLOG = "run.json"
+METRICS = "metrics.jsonl"
+RESULTS = "results.json"
+CHECKPOINTS = "checkpoints"
+TB = "tb"
+
+
+class RunDirError(ConfigError):
+    """A run directory that cannot be used as asked (missing, foreign, conflicting)."""
+
+
+def default_run_dir(config_path: str | None) -> Path:
+    stem = Path(config_path).stem if config_path else "tiny"
+    return Path("runs") / f"{stem}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / CONFIG).is_file()
+
+
+def saved_config(run_dir: Path) -> Config | None:
+    p = run_dir / CONFIG
+    if not p.is_file():
+        return None
+    try:
+        return load_config(p)
+    except ConfigError as e:
+        raise RunDirError(f"{p} cannot be loaded ({e}); fix it or use a new --run-dir") from None
+
+
+def resolve_for_train(config_path: str | None, run_dir: Path, overrides: Sequence[str]) -> tuple[Config, Config | None]:
+    """(config to train with, the run dir's saved config or None); refuses foreign or conflicting run dirs."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"--run-dir {run_dir} exists and is not a directory")
+    saved = saved_config(run_dir)
+    if saved is None and run_dir.is_dir() and any(run_dir.iterdir()):
+        raise RunDirError(
+            f"--run-dir {run_dir} exists, is not empty and is not a deqdist run (no {CONFIG}); "
+            f"choose a new or empty directory"
+        )
+    if config_path is not None:
+        cfg = load_config(config_path, overrides)
+    elif saved is not None:
+        cfg = resolve([(read_yaml(run_dir / CONFIG), str(run_dir / CONFIG))], overrides)
+    else:
+        cfg = load_config(None, overrides)
+    if saved is not None:
+        check_compatible(saved, cfg, run_dir)
+    return cfg, saved
+
+
+def resolve_for_run(run_dir: Path, overrides: Sequence[str]) -> Config:
+    """Config of an existing run (for eval / generate) with overrides that keep its shapes."""
+    if not run_dir.is_dir():
+        raise RunDirError(f"run directory {run_dir} does not exist")
+    saved = saved_config(run_dir)
+    if saved is None:
+        raise RunDirError(f"{run_dir} is not a deqdist run directory (no {CONFIG})")
+    cfg = resolve([(read_yaml(run_dir / CONFIG), str(run_dir / CONFIG))], overrides)
+    check_compatible(saved, cfg, run_dir)
+    return cfg
+
+
+def check_compatible(saved: Config, new: Config, run_dir: Path) -> None:
+    bad = shape_conflicts(saved, new)
+    if bad:
+        raise RunDirError(
+            f"{run_dir} holds a model of another shape: {'; '.join(bad)}; "
+            f"use a new --run-dir, or drop these settings to resume"
+        )
+
+
+def check_corpus(run_dir: Path, info: dict) -> None:
+    p = run_dir / CORPUS
+    if not p.is_file():
+        return
+    old = json.loads(p.read_text())
+    same_hash = old.get("sha256") and info.get("sha256") and old["sha256"] == info["sha256"]
+    if old.get("sha256") and info.get("sha256") and not same_hash:
+        raise RunDirError(
+            f"{run_dir} was trained on corpus {old.get('name')!r} (sha256 {old['sha256'][:12]}) but data.corpus now "
+            f"gives {info.get('name')!r} (sha256 {info['sha256'][:12]}); use a new --run-dir"
+        )
+    if not same_hash and (old.get("kind"), old.get("sizes")) != (info.get("kind"), info.get("sizes")):
+        raise RunDirError(
+            f"{run_dir} was trained on corpus {old.get('name')!r} {old.get('sizes')} but data.corpus now gives "
+            f"{info.get('name')!r} {info.get('sizes')}; use a new --run-dir"
+        )
+
+
+def append_runlog(run_dir: Path, entry: dict) -> None:
+    p = run_dir / RUNLOG
+    log = json.loads(p.read_text()) if p.is_file() else []
+    log.append(entry)
+    p.write_text(json.dumps(log, indent=1) + "\n")

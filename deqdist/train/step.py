@@ -1,0 +1,164 @@
+"""Jitted, sharded, donated train and eval steps.
+
+Variants are compiled on first use and cached by (mode, jac_reg):
+  ("explicit", _)  the explicit twin (model.n_unroll applications of f, ordinary
+                   backprop) for the first train.warmup_explicit_steps steps;
+  ("deq", False)   the equilibrium model (forward solve, implicit backward);
+  ("deq", True)    the same plus the Hutchinson Jacobian term, every
+                   model.jac_reg_every steps.
+All variants take and return the same state layout, so switching costs one compile.
+
+The backward solve's stats arrive as the gradient of a zero "sink"
+(deqdist.deq.backward_sink) differentiated alongside the parameters.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from deqdist.config import Config
+from deqdist.deq import backward_sink
+from deqdist.model import lm_loss
+from deqdist.train.state import StateSpec, merge
+
+
+def _solver_metrics(prefix: str, nstep, rel, max_iter: int, converged=None) -> dict[str, jax.Array]:
+    nstep = nstep.astype(jnp.float32)
+    out = {
+        f"{prefix}_iters": jnp.mean(nstep),
+        f"{prefix}_iters_max": jnp.max(nstep),
+        f"{prefix}_rel_res": jnp.mean(rel.astype(jnp.float32)),
+        f"{prefix}_rel_res_max": jnp.max(rel.astype(jnp.float32)),
+        f"{prefix}_hit_max": jnp.mean((nstep >= max_iter).astype(jnp.float32)),
+    }
+    if converged is not None:
+        out[f"{prefix}_converged"] = jnp.mean(converged.astype(jnp.float32))
+    return out
+
+
+class Steps:
+    """Builds and caches the compiled steps for one mesh / config."""
+
+    def __init__(self, cfg: Config, spec: StateSpec, batch_sharding, solve: Callable, unroll: Callable):
+        self.cfg, self.spec = cfg, spec
+        self.batch_sharding = batch_sharding
+        self.solve, self.unroll = solve, unroll
+        self._train: dict[tuple[str, bool], Callable] = {}
+        self._eval: dict[str, Callable] = {}
+
+    # ------------------------------------------------------------- phases
+    def mode_at(self, step: int) -> str:
+        """Mode of the update that takes the state from `step` to step + 1."""
+        return "explicit" if step < self.cfg.train.warmup_explicit_steps else "deq"
+
+    def jac_at(self, step: int) -> bool:
+        m = self.cfg.model
+        return m.jac_reg_every > 0 and m.jac_reg_weight > 0 and step % m.jac_reg_every == 0
+
+    # ------------------------------------------------------------ forward
+    def _forward(self, params, tokens, *, mode: str, key, deterministic: bool, jac: bool, sink=None):
+        cfg = self.cfg
+        model = merge(self.spec, params)
+        return model(
+            tokens, mode=mode, deq_cfg=cfg.solver, n_unroll=cfg.model.n_unroll, solve=self.solve,
+            unroll=self.unroll, bwd_sink=sink, deterministic=deterministic, key=key, jac_reg=jac,
+        )
+
+    # -------------------------------------------------------------- train
+    def train_step(self, step: int) -> Callable:
+        """The compiled (state, batch) -> (state, metrics) for the update at `step`."""
+        k = (self.mode_at(step), self.jac_at(step))
+        if k not in self._train:
+            self._train[k] = self._build_train(*k)
+        return self._train[k]
+
+    def _build_train(self, mode: str, jac: bool) -> Callable:
+        cfg, spec = self.cfg, self.spec
+        tx, schedule = spec.tx, spec.schedule
+        fwd_max, bwd_max = cfg.solver.fwd.max_iter, cfg.solver.bwd.max_iter
+        jac_w = cfg.model.jac_reg_weight
+        deterministic = cfg.model.dropout == 0 and cfg.model.emb_dropout == 0
+
+        def step_fn(state, batch):
+            key = jax.random.fold_in(state["rng"], state["step"])
+            B = batch["inputs"].shape[0]
+            sink = backward_sink(B) if mode == "deq" else None
+
+            def loss_fn(params, sink):
+                logits, aux = self._forward(params, batch["inputs"], mode=mode, key=key,
+                                            deterministic=deterministic, jac=jac, sink=sink)
+                loss = lm_loss(logits, batch["targets"])
+                total = loss + jac_w * aux["jac_loss"] if jac else loss
+                return total, (loss, aux)
+
+            if mode == "deq":
+                (grads, sink_ct), (loss, aux) = jax.grad(loss_fn, argnums=(0, 1), has_aux=True)(state["params"], sink)
+            else:
+                grads, (loss, aux) = jax.grad(loss_fn, has_aux=True)(state["params"], None)
+            updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+            params = optax.apply_updates(state["params"], updates)
+            metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(state["step"])}
+            if mode == "deq":
+                st = aux["fwd_stats"]
+                metrics.update(_solver_metrics("fwd", st.nstep, st.rel_residual, fwd_max, st.converged))
+                metrics.update(_solver_metrics("bwd", sink_ct["nstep"], sink_ct["rel_residual"], bwd_max,
+                                               sink_ct["converged"] if cfg.solver.grad == "implicit" else None))
+            else:
+                metrics["explicit_rel_res"] = jnp.mean(aux["rel_residual"])
+            if jac:
+                metrics["jac_loss"] = aux["jac_loss"]
+            new = {"step": state["step"] + 1, "rng": state["rng"], "params": params, "opt_state": opt_state}
+            return new, metrics
+
+        rep = jax.sharding.NamedSharding(spec.mesh, jax.sharding.PartitionSpec())
+        batch_sh = {"inputs": self.batch_sharding, "targets": self.batch_sharding}
+        return jax.jit(step_fn, in_shardings=(spec.shardings, batch_sh), out_shardings=(spec.shardings, rep),
+                       donate_argnums=0)
+
+    # --------------------------------------------------------------- eval
+    def eval_step(self, mode: str) -> Callable:
+        """Compiled (params, batch) -> sums over the batch: nll (nats), tokens, solver iterations."""
+        if mode not in self._eval:
+            self._eval[mode] = self._build_eval(mode)
+        return self._eval[mode]
+
+    def _build_eval(self, mode: str) -> Callable:
+        spec = self.spec
+        fwd_max = self.cfg.solver.fwd.max_iter
+
+        def eval_fn(params, batch):
+            logits, aux = self._forward(params, batch["inputs"], mode=mode, key=None, deterministic=True, jac=False)
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+            out = {"nll": jnp.sum(ce), "tokens": jnp.asarray(ce.size, jnp.float32),
+                   "samples": jnp.asarray(ce.shape[0], jnp.float32)}
+            if mode == "deq":
+                st = aux["fwd_stats"]
+                out["fwd_iters"] = jnp.sum(st.nstep.astype(jnp.float32))
+                out["fwd_hit_max"] = jnp.sum((st.nstep >= fwd_max).astype(jnp.float32))
+                out["fwd_rel_res"] = jnp.sum(st.rel_residual.astype(jnp.float32))
+            return out
+
+        rep = jax.sharding.NamedSharding(spec.mesh, jax.sharding.PartitionSpec())
+        batch_sh = {"inputs": self.batch_sharding, "targets": self.batch_sharding}
+        return jax.jit(eval_fn, in_shardings=(spec.shardings["params"], batch_sh), out_shardings=rep)
+
+
+def summarize_eval(sums: dict[str, float], kind: str) -> dict[str, float]:
+    """Sums over batches -> loss (nats/token), bits per byte (byte corpora) or perplexity, solver means."""
+    n = max(sums.get("tokens", 0.0), 1.0)
+    loss = sums["nll"] / n
+    out = {"loss": loss, "tokens": sums.get("tokens", 0.0)}
+    if kind == "bytes":
+        out["bpb"] = loss / math.log(2)
+    else:
+        out["ppl"] = math.exp(min(loss, 700.0))
+    if "fwd_iters" in sums:
+        s = max(sums["samples"], 1.0)
+        out["fwd_iters"] = sums["fwd_iters"] / s
+        out["fwd_hit_max"] = sums["fwd_hit_max"] / s
+        out["fwd_rel_res"] = sums["fwd_rel_res"] / s
+    return out
