@@ -148,6 +148,10 @@ class ModelConfig:
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
 
+    def jac_reg_due(self, step: int) -> bool:
+        """Whether the trainer should request the Jacobian term at `step` (Python-level)."""
+        return self.jac_reg_every > 0 and self.jac_reg_weight > 0 and step % self.jac_reg_every == 0
+
     def param_count(self) -> int:
         """Number of parameters of the model this config builds (no allocation)."""
         d, m, v, h = self.d_model, self.d_mlp, self.vocab_size, self.n_heads

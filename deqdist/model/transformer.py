@@ -76,8 +76,11 @@ class DEQTransformer(nnx.Module):
     Pieces (each usable on its own, e.g. by benchmarks and parallel/):
       inject(tokens, deterministic=, key=) -> x       injection + dropout masks (dict of (B,S,D))
       split_block() -> (f, params)                    f(params, z, x, comms), prepared block state
+      z0(tokens) -> zeros (B,S,D)                     solver start
+      fixed_point_map(tokens) -> (F, z0)              F(z) = f(params, z, x) for benchmarks
+      features(tokens, ...) -> (z, aux)               z* (deq) or f^n(z0) (explicit)
       head(z) -> logits (float32)                     final LN + LM head
-      __call__(tokens, ...) -> (logits, aux)          everything
+      __call__(tokens, ...) -> (logits, aux)          head(features(...))
     """
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
@@ -140,7 +143,17 @@ class DEQTransformer(nnx.Module):
         return jnp.einsum("bsd,dv->bsv", h, w.astype(h.dtype), preferred_element_type=jnp.float32)
 
     def z0(self, tokens: jax.Array) -> jax.Array:
+        """The solver's starting point: zeros (B, S, D) in the state dtype."""
         return jnp.zeros((*tokens.shape, self.cfg.d_model), self.cfg.state_dtype_)
+
+    def fixed_point_map(
+        self, tokens: jax.Array, *, deterministic: bool = True, key: jax.Array | None = None
+    ) -> tuple[Callable[[jax.Array], jax.Array], jax.Array]:
+        """(F, z0) with F(z) = f(params, z, x) for these tokens: the bare root-finding
+        problem, e.g. for `deqdist.solvers.solve(F, z0, cfg)` in benchmarks."""
+        x = self.inject(tokens, deterministic=deterministic, key=key)
+        f, params = self.split_block()
+        return (lambda z: f(params, z, x, comms=LOCAL)), self.z0(tokens)
 
     # ------------------------------------------------------------------ forward
     def features(

@@ -70,7 +70,7 @@ def test_block_fake_tensor_sequence_parallel(dropout, weight_norm):
     # the sharded weights really are smaller: heads and mlp split TP ways
     assert stacked["wq"].get_value().shape[2] == params["wq"].get_value().shape[1] // TP
     assert stacked["w1"].get_value().shape[2] == params["w1"].get_value().shape[1] // TP
-    out = jax.vmap(functools.partial(f, comms=comms), axis_name="tp")(
+    out = jax.jit(jax.vmap(functools.partial(f, comms=comms), axis_name="tp"))(
         stacked, _seq_shards(z), jax.tree.map(_seq_shards, x)
     )
     out = jnp.concatenate(list(out), axis=1)

@@ -56,3 +56,9 @@ def test_get_preset_errors():
     with pytest.raises(ValueError, match="unknown model config field"):
         get_preset("tiny", d_modle=3)
     assert get_preset("tiny", d_model=128).d_model == 128
+
+
+def test_jac_reg_due():
+    cfg = get_preset("tiny", jac_reg_every=3, jac_reg_weight=1.0)
+    assert [cfg.jac_reg_due(s) for s in range(4)] == [True, False, False, True]
+    assert not get_preset("tiny").jac_reg_due(0)

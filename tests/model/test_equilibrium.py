@@ -46,3 +46,12 @@ def test_explicit_twin_converges_to_same_fixed_point(tiny_model, tokens):
     # and a short unroll is not there yet
     z_short, _ = tiny_model.features(tokens, mode="explicit", n_unroll=2)
     assert float((per_sample_norm(z_short - z_exp) / per_sample_norm(z_exp)).min()) > 1e-3
+
+
+def test_fixed_point_map_is_the_models_problem(tiny_model, tokens):
+    from deqdist.solvers import solve
+
+    F, z0 = tiny_model.fixed_point_map(tokens)
+    z, st = jax.jit(lambda: solve(F, z0, BROYDEN.fwd))()
+    z_model, _ = tiny_model.features(tokens, deq_cfg=BROYDEN)
+    np.testing.assert_allclose(z, z_model, atol=1e-5)
