@@ -28,8 +28,9 @@ def model_and_tokens(batch: int = 8, seq: int = 64, seed: int = 0):
 
 
 def loss_fn(model, tokens, cfg: DEQConfig, solve):
-    logits, aux = model(tokens, deq_cfg=cfg, solve=solve)
-    return lm_loss(logits[:, :-1], tokens[:, 1:]), aux
+    z, aux = model.features(tokens, deq_cfg=cfg, solve=solve)
+    aux["z"] = z
+    return lm_loss(model.head(z)[:, :-1], tokens[:, 1:]), aux
 
 
 def reference_step(model, tokens, cfg: DEQConfig):
@@ -39,8 +40,11 @@ def reference_step(model, tokens, cfg: DEQConfig):
     return loss, grads, aux
 
 
-def sharded_step(model, tokens, cfg: DEQConfig, sizes: tuple[int, int, int]):
-    """The same step on a (data, fsdp, tensor) mesh: sharded params, batch and solve."""
+def sharded_step(model, tokens, cfg: DEQConfig, sizes: tuple[int, int, int], run: bool = True):
+    """The same step on a (data, fsdp, tensor) mesh: sharded params, batch and solve.
+
+    Returns (outputs or None, the lowered step, the mesh).
+    """
     pc = ParallelConfig(*sizes)
     mesh = make_mesh(pc)
     graphdef, state = nnx.split(model)
@@ -56,7 +60,7 @@ def sharded_step(model, tokens, cfg: DEQConfig, sizes: tuple[int, int, int]):
         state = jax.device_put(state, shardings)
         tokens = jax.device_put(tokens, batch_sharding(mesh, pc))
         jitted = jax.jit(step, in_shardings=(shardings, batch_sharding(mesh, pc)))
-        return jitted(state, tokens), jitted.lower(state, tokens), mesh
+        return jitted(state, tokens) if run else None, jitted.lower(state, tokens), mesh
 
 
 def max_rel_err(a, b) -> float:
