@@ -183,12 +183,16 @@ def weight_normalise(params: nnx.State) -> nnx.State:
     return new
 
 
-def cast_floating(params: nnx.State, dtype) -> nnx.State:
-    """Cast every floating leaf to dtype (the compute dtype of the solve)."""
+def cast_floating(params: nnx.State, dtype, min_ndim: int = 2) -> nnx.State:
+    """Cast floating leaves with ndim >= min_ndim (the projection matrices) to dtype.
+
+    Vectors (LayerNorm scales/biases, biases, weight-norm gains) keep their
+    storage dtype: they act on the float32 state.
+    """
     dtype = jnp.dtype(dtype)
 
     def cast(a):
-        if jnp.issubdtype(a.dtype, jnp.floating) and a.dtype != dtype:
+        if a.ndim >= min_ndim and jnp.issubdtype(a.dtype, jnp.floating) and a.dtype != dtype:
             return a.astype(dtype)
         return a
 
@@ -196,7 +200,7 @@ def cast_floating(params: nnx.State, dtype) -> nnx.State:
 
 
 def prepare_block_params(params: nnx.State, cfg: ModelConfig) -> nnx.State:
-    """What the solve hook receives: weight norm (if on) then cast to cfg.dtype.
+    """What the solve hook receives: weight norm (if on), then matrices cast to cfg.dtype.
 
     Called ONCE per forward pass, outside the solve, differentiably.
     """
