@@ -22,7 +22,8 @@ def build_mesh(cfg: Config) -> Mesh:
         return parallel.make_mesh(cfg.parallel)
     except ValueError as e:
         n = jax.device_count()
-        raise ConfigError(f"{e} ({n} device{'s' if n != 1 else ''} visible)") from None
+        seen = "" if "devices" in str(e) else f" ({n} device{'s' if n != 1 else ''} visible)"
+        raise ConfigError(f"{e}{seen}") from None
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

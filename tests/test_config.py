@@ -1,0 +1,111 @@
+"""Config: presets, YAML + dotted overrides, types, shorthands, coupled keys, one-line errors."""
+from pathlib import Path
+
+import pytest
+
+from deqdist.config import Config, ConfigError, diff, load_config, shape_conflicts
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_defaults_are_the_tiny_preset():
+    assert load_config(CONFIGS / "tiny.yaml") == load_config(None)
+
+
+@pytest.mark.parametrize("name", ["tiny", "small", "medium"])
+def test_presets_load_and_validate(name):
+    cfg = load_config(CONFIGS / f"{name}.yaml")
+    assert cfg.data.seq_len == cfg.model.seq_len
+    assert cfg.data.vocab_size == cfg.model.vocab_size
+
+
+def test_medium_is_the_100m_model():
+    cfg = load_config(CONFIGS / "medium.yaml")
+    assert cfg.model.param_count() > 99e6
+
+
+def test_overrides_are_typed_and_layered(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  steps: 50\n  lr: 1.0e-3\nsolver:\n  bwd: {tol: 1.0e-4}\n")
+    cfg = load_config(f, ["train.lr=3e-4", "solver.max_iter=20", "data.split_fractions=[0.8, 0.1, 0.1]",
+                          "data.cache_dir=null", "data.corpus=123", "checkpoint.async_save=false"])
+    assert cfg.train.steps == 50 and cfg.train.lr == 3e-4  # 3e-4 is a string to PyYAML; a float here
+    assert cfg.solver.fwd.max_iter == 20 and cfg.solver.bwd.max_iter == Config().solver.bwd.max_iter
+    assert cfg.solver.bwd.tol == 1e-4
+    assert cfg.data.split_fractions == (0.8, 0.1, 0.1)
+    assert cfg.data.cache_dir is None and cfg.data.corpus == "123"  # strings are verbatim
+    assert cfg.checkpoint.async_save is False
+
+
+def test_seq_len_and_vocab_are_one_setting():
+    cfg = load_config(None, ["data.seq_len=32"])
+    assert cfg.model.seq_len == cfg.data.seq_len == 32
+    cfg = load_config(None, ["model.vocab_size=512"])
+    assert cfg.data.vocab_size == 512
+    with pytest.raises(ConfigError, match=r"model.seq_len \(32\) and data.seq_len \(16\) disagree"):
+        load_config(None, ["data.seq_len=16", "model.seq_len=32"])
+
+
+def test_parallel_rules_round_trip_from_yaml():
+    cfg = load_config(None, ["parallel.rules=[[batch, [data, fsdp]], [seq, null], [vocab, null], [embed, fsdp], "
+                             "[heads, tensor], [head_dim, null], [mlp, tensor]]"])
+    assert ("seq", None) in cfg.parallel.rules and ("batch", ("data", "fsdp")) in cfg.parallel.rules
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["solver.maxiter=3"], r"unknown key 'solver.maxiter' \(did you mean 'max_iter'\?\); valid keys under 'solver': "
+                           r"bwd, fwd, grad, .*max_iter"),
+    (["trian.steps=3"], r"unknown key 'trian.steps'.*valid keys \(top-level sections\): checkpoint, data"),
+    (["train.steps=abc"], r"train.steps must be an integer, got 'abc'"),
+    (["train.steps=1.5"], r"train.steps must be an integer, got 1.5"),
+    (["train.lr=fast"], r"train.lr must be a number"),
+    (["checkpoint.async_save=maybe"], r"checkpoint.async_save must be true/false"),
+    (["model.d_model=65"], r"model.d_model \(65\) must be divisible by model.n_heads \(2\)"),
+    (["solver.fwd=3"], r"'solver.fwd' is a section"),
+    (["solver.method=newton"], r"solver.fwd: solver method 'newton' is unknown; use one of broyden"),
+    (["train.steps"], r"must look like key=value"),
+    (["train.steps.x=1"], r"'train.steps' is a value, not a section"),
+    (["data.seq_len=0"], r"seq_len must be a positive integer"),
+    (["train.schedule=exp"], r"train.schedule must be one of cosine, linear, constant"),
+    (["train.warmup_explicit_steps=1000"], r"exceeds train.steps"),
+    (["parallel.tensor=0"], r"parallel.tensor must be a positive size or -1"),
+    (["parallel.rules=[[batch, gpu]]"], r"unknown mesh axis"),
+    (["data.split_fractions=[0.5, 0.5]"], r"data.split_fractions must be a list of 3 items"),
+    (["logging.progress=fancy"], r"logging.progress must be one of auto, bar, lines, off"),
+])
+def test_bad_values_are_one_line_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        load_config(None, overrides)
+    assert "\n" not in str(e.value)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist; presets in .*tiny.yaml"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  steps: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        load_config(bad)
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(bad)
+    bad.write_text("train: 3\n")
+    with pytest.raises(ConfigError, match="'train' is a section and must be a mapping"):
+        load_config(bad)
+    bad.write_text("model:\n  dmodel: 3\n")
+    with pytest.raises(ConfigError, match="unknown key 'model.dmodel' \\(did you mean 'd_model'\\?\\)"):
+        load_config(bad)
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(CONFIGS / "small.yaml", ["solver.max_iter=20", "parallel.tensor=2"])
+    cfg.save(tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    assert again == cfg and not diff(cfg, again)
+
+
+def test_shape_conflicts_name_the_settings():
+    a = load_config(None)
+    b = load_config(None, ["model.d_model=128", "solver.max_iter=40"])
+    assert shape_conflicts(a, b) == ["model.d_model: 64 (saved) vs 128 (new)"]
+    assert "solver.fwd.max_iter: 30 -> 40" in diff(a, b)
