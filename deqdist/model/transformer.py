@@ -40,6 +40,7 @@ def local_solve(f: EquilibriumFn, params, x, z0, cfg: DEQConfig, bwd_sink=None):
 
 
 def per_sample_norm(a: jax.Array) -> jax.Array:
+    """L2 norm of each sample (leading axis) in float32 -> (B,)."""
     a32 = a.astype(jnp.float32).reshape(a.shape[0], -1)
     return jnp.sqrt(jnp.sum(a32 * a32, axis=1))
 
@@ -102,7 +103,7 @@ class DEQTransformer(nnx.Module):
     def inject(self, tokens: jax.Array, *, deterministic: bool = True, key: jax.Array | None = None) -> dict:
         """x = {"inj": LN_inj(embed(tokens)), "mask_attn", "mask_mlp"} (masks only when dropping).
 
-        Every leaf is (B, S, D) in the compute dtype, so it shards like z.
+        Every leaf is (B, S, D) in the state dtype (like z), so it shards like z.
         Masks are Bernoulli(keep)/keep, drawn once: every solver iteration
         (and every unrolled application) uses the same masks.
         """
