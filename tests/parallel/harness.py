@@ -40,12 +40,13 @@ def reference_step(model, tokens, cfg: DEQConfig):
     return loss, grads, aux
 
 
-def sharded_step(model, tokens, cfg: DEQConfig, sizes: tuple[int, int, int], run: bool = True):
+def sharded_step(model, tokens, cfg: DEQConfig, sizes: tuple[int, int, int], run: bool = True,
+                 lockstep: bool = True):
     """The same step on a (data, fsdp, tensor) mesh: sharded params, batch and solve.
 
     Returns (outputs or None, the lowered step, the mesh).
     """
-    pc = ParallelConfig(*sizes)
+    pc = ParallelConfig(*sizes, lockstep=lockstep)
     mesh = make_mesh(pc)
     graphdef, state = nnx.split(model)
     shardings = param_shardings(state, mesh, pc)

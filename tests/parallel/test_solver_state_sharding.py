@@ -1,6 +1,7 @@
 """On the compiled per-device program: solver state is split 8 ways and the loop communicates little."""
 import math
 
+import jax.numpy as jnp
 import pytest
 
 from deqdist.parallel.inspect import has_buffer, solver_loops
@@ -40,3 +41,14 @@ def test_anderson_history_is_sharded_like_z():
     hlo = lowered.compile().as_text()
     m = cfg.fwd.anderson_m
     assert has_buffer(hlo, (B // 4, m, S // 2 * D)) and not has_buffer(hlo, (B, m, S * D))
+
+
+def test_without_lockstep_data_parallel_devices_stop_on_their_own():
+    # No axis splits a sample: with lockstep off the loop has no collective at all.
+    cfg = deq_cfg("broyden")
+    model, tokens = model_and_tokens(B, S)
+    out, lowered, _ = sharded_step(model, tokens, cfg, (8, 1, 1), lockstep=False)
+    local = history_shape(1, S * D, cfg.fwd)
+    hlo = lowered.compile().as_text()
+    assert has_buffer(hlo, local) and solver_loops(hlo, local) == []
+    assert bool(jnp.isfinite(out[0]))
