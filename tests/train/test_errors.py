@@ -48,7 +48,7 @@ def _cases(tmp, ref_dir):
         "resume other shape": (["train", "--run-dir", ref_dir, "model.d_model=48"],
                                r"holds a model of another shape: model.d_model: 32 \(saved\) vs 48 \(new\)"),
         "resume other corpus": (["train", "--run-dir", ref_dir, f"data.corpus={tmp}/other.txt"],
-                                r"was trained on corpus 'builtin-stdlib.*' but data.corpus now gives 'other.txt' \{'train': 27000"),
+                                r"was trained on corpus 'builtin-stdlib.* but data.corpus now gives 'other.txt' \{'train': 27000"),
         "generate bad key": (["generate", ref_dir, "sampler.temp=1"], r"unknown key 'sampler.temp'"),
     }
 
