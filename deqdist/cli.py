@@ -4,7 +4,7 @@
     deqdist eval RUN_DIR [--split valid|test|both] [--batches N] [key=value ...]
     deqdist generate RUN_DIR [--prompt TEXT | --prompt-ids 1,2,3] [--tokens N] [--temperature T] [key=value ...]
     deqdist config [--config FILE] [key=value ...]       print the resolved config
-    deqdist bench solvers|model|parallel [--repeats N]
+    deqdist bench solvers|model|parallel [--repeats N] [--preset NAME] [--batch N]
 
 Bad input (unknown key, wrong type, bad mesh sizes, missing data, a run
 directory that does not fit) prints one line on stderr and exits with 2;
@@ -86,7 +86,9 @@ def build_parsers() -> dict[str, argparse.ArgumentParser]:
 
     p = _Parser(prog="deqdist bench", description="Benchmarks: solvers | model | parallel.")
     p.add_argument("what", choices=BENCHES)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, help="timing repeats (solvers, model)")
+    p.add_argument("--preset", choices=["tiny", "small", "medium"], help="model preset (model, parallel)")
+    p.add_argument("--batch", type=int, help="batch size (model, parallel)")
     ps["bench"] = p
     return ps
 
@@ -162,7 +164,15 @@ def _bench(args) -> int:
     if importlib.util.find_spec(name) is None:
         raise UsageError(f"`deqdist bench {args.what}` is not available in this build ({name} is missing)")
     mod = importlib.import_module(name)
-    kwargs = {"repeats": args.repeats} if "repeats" in inspect.signature(mod.run).parameters else {}
+    accepted = inspect.signature(mod.run).parameters
+    kwargs = {}
+    for k in ("repeats", "preset", "batch"):
+        v = getattr(args, k)
+        if v is None:
+            continue
+        if k not in accepted:
+            raise UsageError(f"`deqdist bench {args.what}` takes no --{k}")
+        kwargs[k] = v
     print(mod.run(**kwargs))
     return 0
 
