@@ -95,7 +95,7 @@ def run_train(config_path: str | None, run_dir: Path | None, overrides: Sequence
     cfg.data.per_host_batch(jax.process_count())  # DataError if not divisible
 
     # ---- validate everything before writing anything
-    session = Session(cfg, run_dir, create_checkpoints=False)
+    session = Session(cfg, run_dir, create_checkpoints=True)  # checkpoints are opened after mkdir below
     corpus = load_data(cfg)
     rd.check_corpus(run_dir, corpus.info())
     data_it = train_iterator(corpus, cfg.data)
@@ -103,7 +103,6 @@ def run_train(config_path: str | None, run_dir: Path | None, overrides: Sequence
     eval_iterator(corpus, cfg.data, "test", max_batches=cfg.train.test_batches)
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    session._create = True
     state, start = session.restore_latest(data_it)
     resumed = start is not None
     if not resumed:

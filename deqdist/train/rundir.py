@@ -39,8 +39,14 @@ class RunDirError(ConfigError):
 
 
 def default_run_dir(config_path: str | None) -> Path:
+    """runs/<config>-<date>-<time>, never an existing directory (that would resume it)."""
     stem = Path(config_path).stem if config_path else "tiny"
-    return Path("runs") / f"{stem}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    base = Path("runs") / f"{stem}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
 
 
 def is_run_dir(path: Path) -> bool:
