@@ -101,6 +101,11 @@ def run_train(config_path: str | None, run_dir: Path | None, overrides: Sequence
     data_it = train_iterator(corpus, cfg.data)
     eval_iterator(corpus, cfg.data, "valid")  # DataError now if the valid split is too short
     eval_iterator(corpus, cfg.data, "test", max_batches=cfg.train.test_batches)
+    if jax.process_count() > 1:
+        # Every host has looked at the run dir before any host writes to it.
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("deqdist: inputs validated")
 
     run_dir.mkdir(parents=True, exist_ok=True)
     state, start = session.restore_latest(data_it)
