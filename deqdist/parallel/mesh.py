@@ -46,6 +46,17 @@ def make_mesh(cfg: ParallelConfig, devices=None) -> Mesh:
     return Mesh(arr, AXES, axis_types=types)
 
 
+def check_spec(shape: tuple[int, ...], spec, mesh: Mesh, what: str, hint: str = "") -> None:
+    """Raise a one-line ValueError if a dimension of `shape` does not split evenly under `spec`."""
+    for dim, entry in enumerate(spec):
+        axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+        parts = math.prod(mesh.shape[a] for a in axes)
+        if dim < len(shape) and shape[dim] % parts:
+            sizes = ", ".join(f"{a}={mesh.shape[a]}" for a in axes)
+            raise ValueError(f"{what} dim {dim} has size {shape[dim]}, not divisible by the {parts} devices "
+                             f"of mesh axes ({sizes}){hint}")
+
+
 def check_divisible(mesh: Mesh, cfg: ParallelConfig, **sizes: int) -> None:
     """Raise a one-line ValueError if a mesh axis does not divide the size it splits.
 
@@ -53,8 +64,5 @@ def check_divisible(mesh: Mesh, cfg: ParallelConfig, **sizes: int) -> None:
     """
     for name, size in sizes.items():
         axes = cfg.rule(name)
-        n = math.prod(mesh.shape[a] for a in axes)
-        if size % n:
-            what = "*".join(f"{a}={mesh.shape[a]}" for a in axes)
-            raise ValueError(f"{name} size {size} is not divisible by mesh {what} (= {n}); "
-                             f"change the {name} size or the mesh sizes / parallel.rules")
+        check_spec((size,), (axes or None,), mesh, f"logical axis {name!r}",
+                   f"; change the {name} size or the mesh sizes / parallel.rules")

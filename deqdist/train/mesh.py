@@ -7,7 +7,6 @@ divides evenly *before* anything is compiled or written.
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
@@ -44,22 +43,11 @@ def hooks(mesh: Mesh, cfg: Config) -> tuple[Any, Any]:
     return parallel.make_solve(mesh, cfg.parallel), parallel.make_unroll(mesh, cfg.parallel)
 
 
-def _parts(mesh: Mesh, spec_entry) -> tuple[tuple[str, ...], int]:
-    if spec_entry is None:
-        return (), 1
-    axes = (spec_entry,) if isinstance(spec_entry, str) else tuple(spec_entry)
-    return axes, math.prod(mesh.shape[a] for a in axes)
-
-
 def check_divisible(shape: tuple[int, ...], spec: P, mesh: Mesh, what: str, hint: str = "") -> None:
-    for dim, entry in enumerate(spec):
-        axes, parts = _parts(mesh, entry)
-        if dim < len(shape) and shape[dim] % parts:
-            sizes = ", ".join(f"{a}={mesh.shape[a]}" for a in axes)
-            raise ConfigError(
-                f"{what} dim {dim} has size {shape[dim]}, not divisible by the {parts} devices of mesh axes "
-                f"({sizes}){hint}"
-            )
+    try:
+        parallel.check_spec(shape, spec, mesh, what, hint)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def check_layout(cfg: Config, mesh: Mesh, abstract_params: Any, param_sh: Any) -> None:

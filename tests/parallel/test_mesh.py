@@ -36,9 +36,9 @@ def test_dcn_factor_groups_devices_by_process():
 def test_divisibility_errors_name_the_numbers():
     mesh = make_mesh(ParallelConfig(data=2, tensor=4))
     check_divisible(mesh, ParallelConfig(), batch=8, seq=64, heads=8)
-    with pytest.raises(ValueError, match="heads size 2 is not divisible by mesh tensor=4"):
+    with pytest.raises(ValueError, match=r"logical axis 'heads' dim 0 has size 2, not divisible by the 4 devices of mesh axes \(tensor=4\)"):
         check_divisible(mesh, ParallelConfig(), heads=2)
-    with pytest.raises(ValueError, match="batch size 3 is not divisible by mesh data=2\\*fsdp=1"):
+    with pytest.raises(ValueError, match=r"'batch' dim 0 has size 3, not divisible by the 2 devices of mesh axes \(data=2, fsdp=1\)"):
         check_divisible(mesh, ParallelConfig(), batch=3)
 
 
