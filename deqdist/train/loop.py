@@ -206,21 +206,17 @@ def _train_loop(session: Session, state, start: int, corpus: Corpus, data_it, st
                     ckpt.save(step, state, data_it)
                     last_saved = step
                 if pre.requested():
-                    if last_saved != step:
-                        ckpt.save(step, state, data_it, wait=True)
-                    ckpt.wait()
-                    progress.close()
-                    _say(f"{pre.name}: saved a checkpoint at step {step} and stopped; "
-                         f"resume with: deqdist train --run-dir {session.run_dir}")
-                    return pre.exit_code
-                if stop_after is not None and step - start >= stop_after and step < total:
-                    if last_saved != step:
-                        ckpt.save(step, state, data_it, wait=True)
-                    ckpt.wait()
-                    progress.close()
-                    _say(f"stopped after {stop_after} steps (--stop-after) at step {step}; checkpoint saved; "
-                         f"resume with: deqdist train --run-dir {session.run_dir}")
-                    return 0
+                    why, code = f"{pre.name}: saved a checkpoint at step {step} and stopped", pre.exit_code
+                elif stop_after is not None and step - start >= stop_after and step < total:
+                    why, code = f"stopped after {stop_after} steps (--stop-after) at step {step}; checkpoint saved", 0
+                else:
+                    continue
+                if last_saved != step:
+                    ckpt.save(step, state, data_it, wait=True)
+                ckpt.wait()
+                progress.close()
+                _say(f"{why}; resume with: deqdist train --run-dir {session.run_dir}")
+                return code
             if last_saved != step:
                 ckpt.save(step, state, data_it)
             progress.close()
