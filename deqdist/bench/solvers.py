@@ -35,7 +35,7 @@ def make_case(name: str, seed: int = 0):
     return lambda z: jnp.tanh(z @ W + inj)
 
 
-def run(tol: float = 1e-4, repeats: int = 5) -> str:
+def run(tol: float = 1e-4, repeats: int = 9) -> str:
     out = []
     for case in ("easy", "slow"):
         f = make_case(case)
