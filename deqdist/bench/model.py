@@ -90,5 +90,5 @@ def _solvers(preset: str, batch: int, repeats: int) -> str:
             + table(["solver", "f-evals", "max rel. residual", "converged", "median ms"], rows) + "\n")
 
 
-def run(preset: str = "small", batch: int = 8, repeats: int = 3) -> str:
+def run(preset: str = "small", batch: int = 8, repeats: int = 5) -> str:
     return _steps(preset, batch, repeats) + "\n" + _solvers(preset, batch, repeats)
