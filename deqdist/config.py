@@ -37,7 +37,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from deqdist.data import DataConfig, DataError
+from deqdist.data import DataConfig
 from deqdist.deq import DEQConfig
 from deqdist.model import ModelConfig
 from deqdist.parallel import ParallelConfig

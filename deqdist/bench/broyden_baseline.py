@@ -8,7 +8,6 @@ training; it exists so `deqdist bench solvers` measures the speed-up, not recall
 """
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 

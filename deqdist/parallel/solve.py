@@ -25,9 +25,9 @@ from .config import AXES, ParallelConfig
 from .sharding import activation_spec, state_specs
 
 
-def _seq_axis(mesh: Mesh, cfg: ParallelConfig) -> tuple[str, ...]:
-    # Size-1 axes are kept: their collectives compile away, and keeping them keeps the
-    # varying-axes types of the shard_map body the same on every mesh.
+def _seq_axes(cfg: ParallelConfig) -> tuple[str, ...]:
+    # Size-1 axes are kept: their collectives are no-ops (one device per group), and keeping
+    # them keeps the varying-axes types of the shard_map body the same on every mesh.
     return cfg.rule("seq")
 
 
@@ -41,7 +41,7 @@ def collectives(seq_axes: tuple[str, ...]) -> Collectives:
 
 
 def sample_reduce(mesh: Mesh, cfg: ParallelConfig) -> SampleReduce:
-    seq = _seq_axis(mesh, cfg)
+    seq = _seq_axes(cfg)
     lockstep = cfg.lockstep or any(mesh.shape[a] > 1 for a in seq)
     return SampleReduce(axes=seq, lockstep_axes=AXES if lockstep else ())
 
@@ -61,7 +61,7 @@ def make_solve(mesh: Mesh, cfg: ParallelConfig) -> Callable:
     """A solve hook for the model: (f, params, x, z0, deq_cfg, bwd_sink) -> (z*, SolveStats)."""
     z_spec = activation_spec(cfg, "batch", "seq", None)
     row_spec = activation_spec(cfg, "batch")
-    comms = collectives(_seq_axis(mesh, cfg))
+    comms = collectives(_seq_axes(cfg))
     red = sample_reduce(mesh, cfg)
 
     def solve(f, params, x, z0, deq_cfg: DEQConfig, bwd_sink=None):
@@ -86,7 +86,7 @@ def make_unroll(mesh: Mesh, cfg: ParallelConfig) -> Callable:
     """Explicit-twin hook: (f, params, x, z0, n) -> (z_n, rel residual), same layout as the solve."""
     z_spec = activation_spec(cfg, "batch", "seq", None)
     row_spec = activation_spec(cfg, "batch")
-    comms = collectives(_seq_axis(mesh, cfg))
+    comms = collectives(_seq_axes(cfg))
     red = sample_reduce(mesh, cfg)
 
     def unroll(f, params, x, z0, n: int):

@@ -14,7 +14,7 @@ The backward solve's stats arrive as the gradient of a zero "sink"
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp

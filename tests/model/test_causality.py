@@ -1,7 +1,6 @@
 """Changing tokens t+1.. does not change logits at <= t (DEQ and explicit mode)."""
 import jax
 import numpy as np
-import pytest
 
 from deqdist.deq import DEQConfig
 from deqdist.solvers import SolverConfig

@@ -1,6 +1,5 @@
 """Implicit gradients of the DEQ model match the explicit twin unrolled to convergence."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx

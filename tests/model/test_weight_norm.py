@@ -1,5 +1,4 @@
 """Weight normalisation: computed once per forward pass, outside the solve."""
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx

@@ -5,7 +5,6 @@ Bound: float32, max relative error <= 1e-5 on loss and z*, and <= 2e-5 on gradie
 different order (psums over the sequence split, tensor-parallel partial sums), and
 the backward solve amplifies those last-bit differences slightly; measured ~4e-6.
 """
-import jax
 import jax.numpy as jnp
 import pytest
 

@@ -7,8 +7,7 @@ import re
 import subprocess
 
 import numpy as np
-import pytest
-from trainutil import MESH_2_1_4, ROOT, SMALL, cli_cmd, cli_env
+from trainutil import MESH_2_1_4, ROOT, cli_cmd, cli_env
 
 NEW = "{tmp}/new-run"
 
