@@ -136,3 +136,25 @@ def test_abs_stop_mode_and_bad_config():
     assert float(st.abs_residual.max()) <= 1e-4
     with pytest.raises(ValueError, match="unknown"):
         solve(fz, x, SolverConfig(method="newton"))
+
+
+def test_lowest_residual_iterate_is_returned():
+    # On a map with no fixed point the plain iteration only gets worse: the best iterate is z0.
+    x = jax.random.normal(jax.random.PRNGKey(1), (3, 16))
+    fz = lambda z: z + 1.0 + (z + x) ** 2
+    z0 = jnp.zeros_like(x)
+    z, st = solve(fz, z0, SolverConfig(method="picard", max_iter=20, tol=1e-6, stop_mode="abs"))
+    np.testing.assert_array_equal(np.asarray(z), np.asarray(z0))
+    np.testing.assert_allclose(np.asarray(st.abs_residual), np.linalg.norm(np.asarray(fz(z0) - z0), axis=1), rtol=1e-6)
+
+
+def test_anderson_survives_a_rank_deficient_history():
+    # f(z) = 0.9999 z + c moves every sample along one direction: all residuals G_i are
+    # parallel, so the Anderson normal equations are singular without the ridge.
+    c = jax.random.normal(jax.random.PRNGKey(2), (2, 32))
+    fz = lambda z: 0.9999 * z + c
+    cfg = SolverConfig(method="anderson", anderson_m=5, max_iter=50, tol=2e-2, stop_mode="abs")
+    z, st = solve(fz, jnp.zeros_like(c), cfg)
+    assert bool(jnp.all(jnp.isfinite(z))) and not bool(st.diverged.any())
+    assert bool(st.converged.all()) and int(st.nstep.max()) < 10  # Picard would need ~1e5 steps
+    np.testing.assert_allclose(np.asarray(z), np.asarray(c / 1e-4), rtol=1e-2)
