@@ -32,6 +32,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (and exit code 2) like every other bad input."""
 
     def error(self, message: str):
+        # argparse lists an empty `key=value ...` among the missing positionals; it never is.
+        message = message.replace(", key=value", "")
         raise UsageError(f"{message}; see `{self.prog} --help`")
 
 
