@@ -36,7 +36,10 @@ def make_mesh(cfg: ParallelConfig, devices=None) -> Mesh:
         return jax.make_mesh(sizes, AXES, axis_types=types, devices=devices)
     # Multi-slice / multi-host: group devices by slice (else by process); the outer part
     # of `data` runs across groups (slow links), everything else stays inside one group.
-    group = lambda d: getattr(d, "slice_index", None) or d.process_index
+    def group(d):  # TPU devices know their slice; elsewhere a process (host) is the unit
+        s = getattr(d, "slice_index", None)
+        return d.process_index if s is None else s
+
     devices.sort(key=lambda d: (group(d), d.id))
     groups = sorted({group(d) for d in devices})
     if len(groups) != cfg.dcn_data:

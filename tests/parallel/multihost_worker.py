@@ -1,7 +1,8 @@
-"""One process of a multi-host run: `python multihost_worker.py PID NPROC PORT OUT_JSON`.
+"""One process of a multi-host run: `python multihost_worker.py PID NPROC PORT OUT_JSON [DCN]`.
 
 Each process owns 8 / NPROC simulated CPU devices; together they form one (2, 1, 4)
-mesh and run the same sharded DEQ train step. Process 0 writes loss and gradient
+mesh (DCN > 1: the data axis split across processes as the outer, slow-link factor) and
+run the same sharded DEQ train step. Process 0 writes loss and gradient
 norms to OUT_JSON. With NPROC = 1 it is the single-process reference.
 """
 import json
@@ -9,7 +10,7 @@ import os
 import sys
 
 
-def main(pid: int, nproc: int, port: int, out: str) -> None:
+def main(pid: int, nproc: int, port: int, out: str, dcn: int = 1) -> None:
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={8 // nproc}"
     os.environ["JAX_PLATFORMS"] = "cpu"
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -27,7 +28,7 @@ def main(pid: int, nproc: int, port: int, out: str) -> None:
 
     assert jax.device_count() == 8 and jax.process_count() == nproc
     model, tokens = model_and_tokens()
-    pc = ParallelConfig(2, 1, 4)
+    pc = ParallelConfig(2, 1, 4, dcn_data=dcn)
     mesh = make_mesh(pc)
     graphdef, state = nnx.split(model)
     shardings = param_shardings(state, mesh, pc)
@@ -47,6 +48,9 @@ def main(pid: int, nproc: int, port: int, out: str) -> None:
     def optax_global_norm(tree):
         return jnp.sqrt(sum(jnp.sum(x * x) for x in jax.tree.leaves(tree)))
 
+    if dcn > 1:  # each process's devices form one inner (data/dcn, fsdp, tensor) block
+        procs = np.vectorize(lambda d: d.process_index)(mesh.devices)
+        assert all(len(set(procs[i].ravel())) == 1 for i in range(dcn)), procs
     with jax.set_mesh(mesh):
         state = jax.tree.map(put, state, shardings)
         tokens = put(tokens, batch_sharding(mesh, pc))
@@ -59,4 +63,4 @@ def main(pid: int, nproc: int, port: int, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+    main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], *map(int, sys.argv[5:]))

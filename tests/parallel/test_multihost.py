@@ -17,10 +17,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(nproc: int, out: Path, timeout: float = 300) -> dict:
+def _run(nproc: int, out: Path, *extra: str, timeout: float = 300) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     port = _free_port()
-    procs = [subprocess.Popen([sys.executable, str(WORKER), str(i), str(nproc), str(port), str(out)],
+    procs = [subprocess.Popen([sys.executable, str(WORKER), str(i), str(nproc), str(port), str(out), *extra],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for i in range(nproc)]
     try:
@@ -37,7 +37,9 @@ def _run(nproc: int, out: Path, timeout: float = 300) -> dict:
 
 def test_two_processes_match_one(tmp_path):
     one = _run(1, tmp_path / "one.json")
-    two = _run(2, tmp_path / "two.json")
-    np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-6)
-    np.testing.assert_allclose(two["grad_norm"], one["grad_norm"], rtol=1e-5)
-    np.testing.assert_allclose(two["leaf_norms"], one["leaf_norms"], rtol=1e-5)
+    # Plain 2-process mesh, and the same with the data axis declared as a DCN factor.
+    for name, extra in [("two", ()), ("dcn", ("2",))]:
+        two = _run(2, tmp_path / f"{name}.json", *extra)
+        np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-6)
+        np.testing.assert_allclose(two["grad_norm"], one["grad_norm"], rtol=1e-5)
+        np.testing.assert_allclose(two["leaf_norms"], one["leaf_norms"], rtol=1e-5)
