@@ -34,12 +34,11 @@ def make_mesh(cfg: ParallelConfig, devices=None) -> Mesh:
     types = (AxisType.Auto,) * len(AXES)
     if cfg.dcn_data == 1:
         return jax.make_mesh(sizes, AXES, axis_types=types, devices=devices)
-    # Multi-slice / multi-host: group devices by slice (else by process); the outer part
-    # of `data` runs across groups (slow links), everything else stays inside one group.
-    def group(d):  # TPU devices know their slice; elsewhere a process (host) is the unit
-        s = getattr(d, "slice_index", None)
-        return d.process_index if s is None else s
-
+    # Multi-slice / multi-host: the outer part of `data` runs across groups (slow links),
+    # everything else stays inside one group. Multi-slice TPUs group by slice; otherwise
+    # (multi-node GPU, CPU) a process is the unit.
+    slices = {getattr(d, "slice_index", None) for d in devices}
+    group = (lambda d: d.slice_index) if len(slices) > 1 and None not in slices else (lambda d: d.process_index)
     devices.sort(key=lambda d: (group(d), d.id))
     groups = sorted({group(d) for d in devices})
     if len(groups) != cfg.dcn_data:
