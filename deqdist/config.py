@@ -42,16 +42,10 @@ from deqdist.deq import DEQConfig
 from deqdist.model import ModelConfig
 from deqdist.parallel import ParallelConfig
 from deqdist.solvers import SolverConfig
+from deqdist.typed_config import ConfigError, build, hints, is_dataclass_type, plain
 
 SCHEDULES = ("cosine", "linear", "constant")
 PROGRESS = ("auto", "bar", "lines", "off")
-
-
-class ConfigError(ValueError):
-    """A bad configuration value, key, file or combination; the message is one line."""
-
-    def __init__(self, message: str):
-        super().__init__(" ".join(str(message).split()))
 
 
 # ---------------------------------------------------------------------------
@@ -203,7 +197,7 @@ class Config:
     # ------------------------------------------------------------- conversion
     def to_dict(self) -> dict:
         """Plain nested dict (lists for tuples), the form written to config.yaml."""
-        return _plain(dataclasses.asdict(self))
+        return plain(dataclasses.asdict(self))
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
@@ -231,14 +225,6 @@ def _wrap(fn, prefix: str) -> None:
         raise ConfigError(prefix + str(e)) from None
 
 
-def _plain(x):
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x
-
-
 # ---------------------------------------------------------------------------
 # Key handling: the schema is the dataclass tree itself
 # ---------------------------------------------------------------------------
@@ -249,20 +235,12 @@ _DEQ_FIELDS = {f.name for f in dataclasses.fields(DEQConfig)}
 _FWD_ALIASES = sorted(_SOLVER_FIELDS - _DEQ_FIELDS)
 
 
-def _hints(cls) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _is_dataclass_type(t) -> bool:
-    return isinstance(t, type) and dataclasses.is_dataclass(t)
-
-
 def _section_class(path: tuple[str, ...]):
     """The dataclass type at a (possibly nested) section path, or None if the path is a leaf."""
     cls = Config
     for p in path:
-        t = _hints(cls).get(p)
-        if not _is_dataclass_type(t):
+        t = hints(cls).get(p)
+        if not is_dataclass_type(t):
             return None
         cls = t
     return cls
@@ -295,8 +273,8 @@ def canonical_key(key: str, section_ok: bool = False) -> str:
             close = difflib.get_close_matches(p, candidates, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"unknown key '{key}'{hint}; {_valid_keys_message(parts[:i], cls)}")
-        t = _hints(cls)[p]
-        if _is_dataclass_type(t):
+        t = hints(cls)[p]
+        if is_dataclass_type(t):
             if i == len(parts) - 1 and not section_ok:
                 raise ConfigError(
                     f"'{key}' is a section, not a value; set one of its keys, "
@@ -329,95 +307,11 @@ def _flatten(d: Any, prefix: str, source: str) -> dict[str, Any]:
     return out
 
 
-# ---------------------------------------------------------------------------
-# Types: YAML values -> the field's annotated type
-# ---------------------------------------------------------------------------
-def _type_name(t) -> str:
-    origin = typing.get_origin(t)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(t)
-        return " or ".join("null" if a is type(None) else _type_name(a) for a in args)
-    if origin is tuple:
-        return "a list"
-    return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(t, str(t))
-
-
-def _coerce(value: Any, t: Any, key: str) -> Any:
-    origin = typing.get_origin(t)
-    if t is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(t)
-        if value is None and type(None) in args:
-            return None
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, key)
-            except ConfigError:
-                pass
-        raise _type_error(key, value, t)
-    if origin is tuple or t is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise _type_error(key, value, t)
-        args = typing.get_args(t)
-        if not args:
-            return tuple(value)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], key) for v in value)
-        if len(args) != len(value):
-            raise ConfigError(f"{key} must be a list of {len(args)} items, got {value!r}")
-        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
-    if t is bool:
-        if isinstance(value, bool):
-            return value
-        raise _type_error(key, value, t)
-    if t is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise _type_error(key, value, t)
-    if t is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            # PyYAML reads 3e-4 (no dot) as a string.
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise _type_error(key, value, t)
-    if t is str:
-        if isinstance(value, str):
-            return value
-        raise _type_error(key, value, t)
-    return value
-
-
-def _type_error(key: str, value: Any, t: Any) -> ConfigError:
-    return ConfigError(f"{key} must be {_type_name(t)}, got {value!r} ({type(value).__name__})")
-
-
 def _field_type(key: str):
     parts = key.split(".")
     cls = _section_class(tuple(parts[:-1]))
-    return _hints(cls)[parts[-1]]
+    return hints(cls)[parts[-1]]
 
-
-def _build(cls, values: Mapping[str, Any], prefix: str):
-    """Instantiate `cls` from {dotted key: value}, coercing leaves to their field types."""
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        key = f"{prefix}.{f.name}" if prefix else f.name
-        t = _hints(cls)[f.name]
-        if _is_dataclass_type(t):
-            kwargs[f.name] = _build(t, values, key)
-        elif key in values:
-            kwargs[f.name] = _coerce(values[key], t, key)
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{prefix or 'config'}: {e}") from None
 
 
 # ---------------------------------------------------------------------------
@@ -449,7 +343,7 @@ def resolve(layers: Iterable[tuple[Mapping | dict, str]], overrides: Iterable[st
     for d, source in layers:
         _apply(flat, _flatten(d, "", source), source)
     _apply(flat, parse_overrides(overrides), "command line")
-    cfg = _build(Config, flat, "")
+    cfg = build(Config, flat, "")
     return cfg.validate()
 
 

@@ -79,21 +79,21 @@ def test_bad_values_are_one_line_errors(overrides, message):
     assert "\n" not in str(e.value)
 
 
-def test_bad_files(tmp_path):
+def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist; presets in .*tiny.yaml"):
         load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("text,msg", [
+    ("train:\n  steps: [1,\n", "not valid YAML at line"),
+    ("- 1\n- 2\n", "must hold a mapping"),
+    ("train: 3\n", "'train' is a section and must be a mapping"),
+    ("model:\n  dmodel: 3\n", "unknown key 'model.dmodel' \\(did you mean 'd_model'\\?\\)"),
+])
+def test_bad_files(tmp_path, text, msg):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("train:\n  steps: [1,\n")
-    with pytest.raises(ConfigError, match="not valid YAML at line"):
-        load_config(bad)
-    bad.write_text("- 1\n- 2\n")
-    with pytest.raises(ConfigError, match="must hold a mapping"):
-        load_config(bad)
-    bad.write_text("train: 3\n")
-    with pytest.raises(ConfigError, match="'train' is a section and must be a mapping"):
-        load_config(bad)
-    bad.write_text("model:\n  dmodel: 3\n")
-    with pytest.raises(ConfigError, match="unknown key 'model.dmodel' \\(did you mean 'd_model'\\?\\)"):
+    bad.write_text(text)
+    with pytest.raises(ConfigError, match=msg):
         load_config(bad)
 
 
