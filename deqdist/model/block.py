@@ -48,7 +48,7 @@ Block (all per-token tensors are (B, S_local, D); S_local = S unsharded):
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -106,7 +106,10 @@ class DEQBlock(nnx.Module):
             self.wn = None
 
     # ------------------------------------------------------------------ forward
-    def __call__(self, z: jax.Array, x: Mapping[str, jax.Array], comms: Collectives = LOCAL) -> jax.Array:
+    def __call__(self, z: jax.Array, x: Mapping[str, jax.Array], comms: Collectives = LOCAL,
+                 attend: Callable[..., jax.Array] | None = None) -> jax.Array:
+        """f(z, x). `attend(q, k, v) -> att` (B, S, H, Dh), given un-rotated q, k, v, replaces
+        the causal RoPE attention over the positions of z (decoding attends to a cache)."""
         sdt = z.dtype  # state dtype: residual stream, LayerNorms, masks (float32 by default)
         cdt = self.wq[...].dtype  # compute dtype of the projections: the (prepared) weights' dtype
         u = z + x["inj"].astype(sdt)
@@ -116,8 +119,7 @@ class DEQBlock(nnx.Module):
         q = jnp.einsum("bsd,dhk->bshk", a, self.wq[...])
         k = jnp.einsum("bsd,dhk->bshk", a, self.wk[...].astype(cdt))
         v = jnp.einsum("bsd,dhk->bshk", a, self.wv[...].astype(cdt))
-        q, k = rope(q, self.rope_base), rope(k, self.rope_base)
-        att = jax.nn.dot_product_attention(q, k, v, is_causal=True)  # (B, S, H_local, Dh)
+        att = (attend or self.causal_attention)(q, k, v)  # (B, S, H_local, Dh)
         # partial sum over the local heads -> reduce-scatter -> bias
         o = jnp.einsum("bshk,hkd->bsd", att, self.wo[...].astype(cdt))
         o = comms.scatter_seq(o).astype(sdt) + self.bo[...].astype(sdt)
@@ -136,6 +138,20 @@ class DEQBlock(nnx.Module):
         u = u + o
 
         return self.ln_out(u)
+
+    def causal_attention(self, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+        """Causal attention over positions 0..S-1 of un-rotated q, k, v (B, S, H, Dh)."""
+        q, k = rope(q, self.rope_base), rope(k, self.rope_base)
+        return jax.nn.dot_product_attention(q, k, v, is_causal=True)
+
+    def keys_values(self, z: jax.Array, x: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        """The un-rotated keys and values (B, S, H, Dh) that f's attention reads at state z
+        (compute dtype): at z* they are what later positions attend to, i.e. the KV cache."""
+        cdt = self.wq[...].dtype
+        a = self.ln_attn(z + x["inj"].astype(z.dtype)).astype(cdt)
+        k = jnp.einsum("bsd,dhk->bshk", a, self.wk[...].astype(cdt))
+        v = jnp.einsum("bsd,dhk->bshk", a, self.wv[...].astype(cdt))
+        return k, v
 
 
 # ---------------------------------------------------------------------------

@@ -59,12 +59,17 @@ class LayerNorm(nnx.Module):
 
 def rope(x: jax.Array, base: float) -> jax.Array:
     """Rotary position embedding of x (B, S, H, Dh) at positions 0..S-1 ("rotate half")."""
-    s, dh = x.shape[1], x.shape[-1]
+    return rope_at(x, jnp.arange(x.shape[1])[None], base)
+
+
+def rope_at(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
+    """Rotary position embedding of x (B, S, H, Dh) at `positions`, broadcastable to (B, S)."""
+    dh = x.shape[-1]
     half = dh // 2
     inv_freq = 1.0 / (base ** (jnp.arange(half, dtype=jnp.float32) / half))
-    ang = jnp.arange(s, dtype=jnp.float32)[:, None] * inv_freq[None, :]  # (S, half)
-    cos = jnp.cos(ang)[None, :, None, :]
-    sin = jnp.sin(ang)[None, :, None, :]
+    ang = jnp.asarray(positions, jnp.float32)[..., None] * inv_freq  # (B|1, S, half)
+    cos = jnp.cos(ang)[:, :, None, :]
+    sin = jnp.sin(ang)[:, :, None, :]
     x32 = x.astype(jnp.float32)
     x1, x2 = x32[..., :half], x32[..., half:]
     out = jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
