@@ -2,9 +2,9 @@
 
     deqdist train [--config FILE] [--run-dir DIR] [--stop-after N] [key=value ...]
     deqdist eval RUN_DIR [--split valid|test|both] [--batches N] [key=value ...]
-    deqdist generate RUN_DIR [--prompt TEXT | --prompt-ids 1,2,3] [--tokens N] [--temperature T] [key=value ...]
+    deqdist generate RUN_DIR [--prompt TEXT | --prompt-ids 1,2,3] [--tokens N] [--temperature T] [--no-cache] [key=value ...]
     deqdist config [--config FILE] [key=value ...]       print the resolved config
-    deqdist bench solvers|model|parallel [--repeats N] [--preset NAME] [--batch N]
+    deqdist bench solvers|model|parallel|generate [--repeats N] [--preset NAME] [--batch N] [--run-dir DIR]
 
 Bad input (unknown key, wrong type, bad mesh sizes, missing data, a run
 directory that does not fit) prints one line on stderr and exits with 2;
@@ -21,7 +21,7 @@ import os
 import sys
 
 COMMANDS = ("train", "eval", "generate", "config", "bench")
-BENCHES = ("solvers", "model", "parallel")
+BENCHES = ("solvers", "model", "parallel", "generate")
 
 
 class UsageError(Exception):
@@ -79,6 +79,8 @@ def build_parsers() -> dict[str, argparse.ArgumentParser]:
     p.add_argument("--tokens", type=int, default=200, metavar="N", help="tokens to generate (default 200)")
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-cache", action="store_true",
+                   help="re-solve the whole window for every token instead of decoding with the KV cache")
     p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP + " (not model shapes)")
     _add_distributed(p)
     ps["generate"] = p
@@ -88,11 +90,12 @@ def build_parsers() -> dict[str, argparse.ArgumentParser]:
     p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
     ps["config"] = p
 
-    p = _Parser(prog="deqdist bench", description="Benchmarks: solvers | model | parallel.")
+    p = _Parser(prog="deqdist bench", description="Benchmarks: solvers | model | parallel | generate.")
     p.add_argument("what", choices=BENCHES)
     p.add_argument("--repeats", type=int, help="timing repeats (solvers, model)")
     p.add_argument("--preset", choices=["tiny", "small", "medium"], help="model preset (model, parallel)")
     p.add_argument("--batch", type=int, help="batch size (model, parallel)")
+    p.add_argument("--run-dir", metavar="DIR", help="trained parameters from a run's latest checkpoint (generate)")
     ps["bench"] = p
     return ps
 
@@ -106,7 +109,7 @@ def _top_help() -> str:
         "  eval       valid/test metrics of a run's latest checkpoint\n"
         "  generate   sample text from a run's latest checkpoint\n"
         "  config     print the resolved config\n"
-        "  bench      benchmarks: solvers | model | parallel\n"
+        "  bench      benchmarks: solvers | model | parallel | generate\n"
     )
 
 
@@ -153,7 +156,7 @@ def _generate(args) -> int:
     if args.temperature < 0:
         raise UsageError(f"--temperature must be >= 0, got {args.temperature}")
     return run_generate(args.run_dir, args.overrides, prompt=args.prompt, prompt_ids=ids, tokens=args.tokens,
-                        temperature=args.temperature, seed=args.seed)
+                        temperature=args.temperature, seed=args.seed, cache=not args.no_cache)
 
 
 def _config(args) -> int:
@@ -170,12 +173,12 @@ def _bench(args) -> int:
     mod = importlib.import_module(name)
     accepted = inspect.signature(mod.run).parameters
     kwargs = {}
-    for k in ("repeats", "preset", "batch"):
+    for k in ("repeats", "preset", "batch", "run_dir"):
         v = getattr(args, k)
         if v is None:
             continue
         if k not in accepted:
-            raise UsageError(f"`deqdist bench {args.what}` takes no --{k}")
+            raise UsageError(f"`deqdist bench {args.what}` takes no --{k.replace('_', '-')}")
         kwargs[k] = v
     print(mod.run(**kwargs))
     return 0

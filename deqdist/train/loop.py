@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,7 +23,7 @@ from deqdist.train import mesh as meshlib
 from deqdist.train import rundir as rd
 from deqdist.train.checkpoint import Checkpoints
 from deqdist.train.evaluate import evaluate
-from deqdist.train.generate import generate
+from deqdist.train.generate import generate, generate_batch
 from deqdist.train.metrics import MetricsSink, Progress, summary
 from deqdist.train.preempt import Preemption
 from deqdist.train.state import StateSpec, init_state, state_spec
@@ -308,7 +309,7 @@ def run_eval(run_dir: Path, overrides: Sequence[str], *, splits: Sequence[str], 
 
 
 def run_generate(run_dir: Path, overrides: Sequence[str], *, prompt: str | None, prompt_ids: Sequence[int] | None,
-                 tokens: int, temperature: float, seed: int) -> int:
+                 tokens: int, temperature: float, seed: int, cache: bool = True) -> int:
     run_dir = Path(run_dir)
     cfg = rd.resolve_for_run(run_dir, overrides)
     info_path = run_dir / rd.CORPUS
@@ -325,7 +326,9 @@ def run_generate(run_dir: Path, overrides: Sequence[str], *, prompt: str | None,
         raise rd.RunDirError(f"prompt ids {bad[:5]} are outside [0, model.vocab_size={cfg.model.vocab_size})")
     session, state, step = _open_run(run_dir, overrides)
     try:
-        ids = generate(session.spec, cfg, state["params"], prompt_ids, tokens, temperature=temperature, seed=seed)
+        gen = generate_batch(session.spec, cfg, state["params"], [prompt_ids], tokens, temperature=temperature,
+                             seed=seed, cache=cache)
+        ids = gen.tokens[0]
     finally:
         session.close()
     if _primary():
@@ -335,4 +338,6 @@ def run_generate(run_dir: Path, overrides: Sequence[str], *, prompt: str | None,
             print(decode(prompt_ids) + decode(ids), flush=True)
         else:
             print(" ".join(str(i) for i in list(prompt_ids) + ids), flush=True)
+        path = "KV cache" if cache else "windowed re-solve"
+        print(f"generate ({path}, {len(ids)} tokens): {gen.summary()}", file=sys.stderr, flush=True)
     return 0

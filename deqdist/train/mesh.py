@@ -7,6 +7,7 @@ divides evenly *before* anything is compiled or written.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -64,3 +65,16 @@ def check_layout(cfg: Config, mesh: Mesh, abstract_params: Any, param_sh: Any) -
         name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
         check_divisible(tuple(leaf.shape), sh.spec, mesh, f"parameter {name} {tuple(leaf.shape)}",
                         "; change the model size (model.n_heads, d_mlp, vocab_size) or parallel.tensor/fsdp")
+
+
+def decode_shardings(mesh: Mesh, cfg: Config, batch: int) -> dict[str, NamedSharding]:
+    """Shardings of the decoding state, laid out like the activations: rows over the batch
+    axes (replicated when `batch` does not divide them), the KV cache's heads over the heads
+    axes. Keys: tokens (B, S), kv (B, C, H, Dh), z (B, 1, D), rows (B,)."""
+    split = math.prod(mesh.shape[a] for a in cfg.parallel.rule("batch"))
+    b = "batch" if batch % split == 0 else None
+
+    def sh(*names):
+        return NamedSharding(mesh, parallel.activation_spec(cfg.parallel, *names))
+
+    return {"tokens": sh(b, None), "kv": sh(b, None, "heads", None), "z": sh(b, None, None), "rows": sh(b)}
