@@ -10,7 +10,6 @@ float32 plus rounding; we assert 2e-4, an order of magnitude of slack for roundi
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from flax import nnx
 
 from deqdist.deq import DEQConfig
@@ -85,9 +84,8 @@ def test_beyond_seq_len_is_the_sliding_window_equilibrium():
     assert float(jnp.abs(plain[:, S:T - 1] - want[:, S - P + 1:]).max()) > 100 * ATOL
 
 
-@pytest.mark.parametrize("method", ["anderson", "picard"])
-def test_other_solvers_decode_too(tiny_model, method):
-    cfg = DEQConfig(fwd=SolverConfig(method=method, tol=1e-6, max_iter=200))
+def test_the_configured_solver_decodes(tiny_model):
+    cfg = DEQConfig(fwd=SolverConfig(method="picard", tol=1e-6, max_iter=200))
     tokens = jax.random.randint(jax.random.key(5), (2, 16), 0, 256)
     full, _ = tiny_model(tokens, deq_cfg=cfg)
     cached, _ = jax.jit(lambda t: teacher_forced_logits(tiny_model, t[:, :4], t[:, 4:-1], cfg))(tokens)
