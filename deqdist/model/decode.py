@@ -55,6 +55,9 @@ class KVCache(NamedTuple):
 
 
 def capacity(model: DEQTransformer) -> int:
+    """Ring-buffer slots: the seq_len - 1 positions a new token attends to besides itself."""
+    if model.cfg.seq_len < 2:
+        raise ValueError(f"decoding with a KV cache needs model.seq_len >= 2, got {model.cfg.seq_len}")
     return model.cfg.seq_len - 1
 
 

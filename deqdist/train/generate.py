@@ -47,17 +47,22 @@ class Generation:
                 f"max relative residual {self.residual.max():.2e}")
 
 
-def _pick(lg: jax.Array, key: jax.Array, temperature: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Next ids (B,) from logits (B, V): categorical at `temperature`, argmax at 0."""
+def _pick(lg: jax.Array, key: jax.Array, temperature: jax.Array, rows: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Next ids (B,) from logits (B, V): categorical at `temperature`, argmax at 0.
+
+    Row r draws with a key of its own (the step's key folded with r), so a prompt samples
+    the same text whatever else is in the batch, and whichever path decodes it.
+    """
     key, sub = jax.random.split(key)
-    sampled = jax.random.categorical(sub, lg / jnp.maximum(temperature, 1e-6))
+    keys = jax.vmap(lambda r: jax.random.fold_in(sub, r))(rows)
+    sampled = jax.vmap(jax.random.categorical)(keys, lg / jnp.maximum(temperature, 1e-6))
     return jnp.where(temperature > 0, sampled, jnp.argmax(lg, axis=-1)).astype(jnp.int32), key
 
 
 def _windowed_sampler(spec: StateSpec, cfg: Config, n_new: int):
     S = cfg.model.seq_len
 
-    def run(params, buf, prompt_len, key, temperature):
+    def run(params, buf, prompt_len, row, key, temperature):
         model = merge(spec, params)
 
         def body(i, carry):
@@ -67,7 +72,7 @@ def _windowed_sampler(spec: StateSpec, cfg: Config, n_new: int):
             window = jax.lax.dynamic_slice(buf, (0, start), (1, S))
             logits, aux = model(window, mode="deq", deq_cfg=cfg.solver)
             lg = jax.lax.dynamic_index_in_dim(logits, L - 1 - start, axis=1, keepdims=False)
-            tok, key = _pick(lg, key, temperature)
+            tok, key = _pick(lg, key, temperature, row[None])
             st = aux["fwd_stats"]
             return buf.at[0, L].set(tok[0]), iters.at[i].set(st.nstep), res.at[i].set(st.rel_residual), key
 
@@ -86,8 +91,9 @@ def _cached_sampler(spec: StateSpec, cfg: Config, n_new: int, shardings: dict):
 
     def run(params, prompts, lengths, key, temperature):
         model = merge(spec, params)
+        rows = jnp.arange(prompts.shape[0])
         lg, cache, st = decode.prefill(model, prompts, lengths, cfg.solver)
-        tok, key = _pick(lg, key, temperature)
+        tok, key = _pick(lg, key, temperature, rows)
         out = jnp.zeros((n_new, prompts.shape[0]), jnp.int32).at[0].set(tok)
         iters = jnp.zeros(out.shape, jnp.int32).at[0].set(st.nstep)
         res = jnp.zeros(out.shape, jnp.float32).at[0].set(st.rel_residual)
@@ -95,7 +101,7 @@ def _cached_sampler(spec: StateSpec, cfg: Config, n_new: int, shardings: dict):
         def body(i, carry):
             cache, out, iters, res, key = carry
             lg, cache, st = decode.step(model, cache, out[i - 1], cfg.solver)
-            tok, key = _pick(lg, key, temperature)
+            tok, key = _pick(lg, key, temperature, rows)
             return (constrain(cache), out.at[i].set(tok), iters.at[i].set(st.nstep),
                     res.at[i].set(st.rel_residual), key)
 
@@ -139,10 +145,10 @@ def make_sampler(spec: StateSpec, cfg: Config, n_new: int, *, cache: bool = True
             compiled[0] = _windowed_sampler(spec, cfg, n_new)
         rep = meshlib.replicated(spec.mesh)
         runs = []
-        for p in prompts:
+        for row, p in enumerate(prompts):
             buf = np.zeros((1, max(len(p) + n_new, S)), np.int32)
             buf[0, : len(p)] = p
-            out = compiled[0](params, jax.device_put(buf, rep), jnp.int32(len(p)), key, temp)
+            out = compiled[0](params, jax.device_put(buf, rep), jnp.int32(len(p)), jnp.int32(row), key, temp)
             runs.append([np.asarray(jax.device_get(a)) for a in out])
         toks, iters, res = zip(*runs)
         return np.concatenate(toks, 0), np.concatenate(iters, 1), np.concatenate(res, 1)

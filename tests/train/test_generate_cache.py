@@ -1,5 +1,5 @@
 """Decoding with the KV cache vs the windowed re-solve: trained checkpoint, ragged batches,
-meshes, bf16, and the `deqdist generate` flags.
+meshes, and the `deqdist generate` flags (bf16: tests/model/test_decode_cache.py).
 
 Within seq_len positions both paths sample from the same fixed points to solver tolerance
 (tests/model/test_decode_cache.py bounds the logits), so with a tight tolerance greedy
@@ -23,17 +23,21 @@ PROMPTS = [list(b"import os\n"), list(b"def "), list(b"class Foo(object):\n    "
 NEW = 8
 
 
-def test_trained_checkpoint_greedy_tokens_equal_windowed_for_a_ragged_batch(reference_run):
+def test_trained_checkpoint_tokens_equal_windowed_for_a_ragged_batch(reference_run):
+    """Greedy, and sampled at temperature 1 (each row draws with its own key on both paths):
+    sampling diverse text from the briefly trained model checks many more positions' logits."""
     run_dir, _ = reference_run
     session, state, _ = _open_run(Path(run_dir), TIGHT)
     try:
-        cached = make_sampler(session.spec, session.cfg, NEW)(state["params"], PROMPTS, temperature=0.0)
-        windowed = make_sampler(session.spec, session.cfg, NEW, cache=False)(state["params"], PROMPTS,
-                                                                             temperature=0.0)
+        cached_s = make_sampler(session.spec, session.cfg, NEW)
+        windowed_s = make_sampler(session.spec, session.cfg, NEW, cache=False)
+        for temperature in (0.0, 1.0):
+            cached = cached_s(state["params"], PROMPTS, temperature=temperature, seed=1)
+            windowed = windowed_s(state["params"], PROMPTS, temperature=temperature, seed=1)
+            assert cached.tokens == windowed.tokens, temperature
     finally:
         session.close()
-    assert cached.tokens == windowed.tokens
-    assert len({tuple(t) for t in cached.tokens}) > 1  # a trained model, not a constant output
+    assert len({tuple(t) for t in cached.tokens}) == len(PROMPTS)  # not a constant output
     assert cached.iters.shape == windowed.iters.shape == (NEW, len(PROMPTS))
     assert float(cached.residual.max()) <= 1e-5 and float(windowed.residual.max()) <= 1e-5
     # After the prompt solve, each token solves one warm-started position.
@@ -61,16 +65,9 @@ def test_mesh_equals_single_device():
     assert float(mesh.residual.max()) <= 1e-5
 
 
-def test_bf16_compute_generates():
-    gen = _sample(["parallel.data=1", "model.dtype=bfloat16", "solver.tol=2e-3", "solver.max_iter=40"],
-                  jax.devices()[:1], n_new=12)
-    assert all(len(t) == 12 and all(0 <= i < 256 for i in t) for t in gen.tokens)
-    assert np.isfinite(gen.residual).all() and float(gen.residual.max()) <= 2e-3
-
-
 def test_cli_generate_cached_by_default_and_no_cache_agree(reference_run, run_cli):
     run_dir, _ = reference_run
-    args = ["generate", run_dir, "--prompt", "import ", "--tokens", "20", "--temperature", "0", *TIGHT]
+    args = ["generate", run_dir, "--prompt", "import ", "--tokens", "20", "--temperature", "1", *TIGHT]
     cached = run_cli(*args)
     windowed = run_cli(*args, "--no-cache")
     assert cached.stdout == windowed.stdout and cached.stdout.startswith("import ")
