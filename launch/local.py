@@ -110,6 +110,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _xla_flags(devices: int) -> str:
+    """The inherited XLA_FLAGS with this launcher's simulated device count (replacing any other)."""
+    keep = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
+    return " ".join([*keep, f"--xla_force_host_platform_device_count={devices}"])
+
+
 def deqdist(python: str, *args: str) -> list[str]:
     return [python, "-m", "deqdist.cli", *args]
 
@@ -122,7 +128,7 @@ def plan(a: argparse.Namespace) -> dict:
     for i in range(a.processes):
         env = {"JAX_PLATFORMS": "cuda", "JAX_LOCAL_DEVICE_IDS": str(i)} if a.gpus else {
             "JAX_PLATFORMS": "cpu",
-            "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={a.devices}".strip(),
+            "XLA_FLAGS": _xla_flags(a.devices),
         }
         env["PYTHONUNBUFFERED"] = "1"
         cmd = deqdist(a.python, "train", *a.train, "--coordinator", f"127.0.0.1:{port}",
@@ -134,8 +140,7 @@ def plan(a: argparse.Namespace) -> dict:
         # The same devices in one process: the mesh and layout checks see what the job will see.
         env = {"JAX_PLATFORMS": "cuda"} if a.gpus else {
             "JAX_PLATFORMS": "cpu",
-            "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} "
-                         f"--xla_force_host_platform_device_count={a.processes * a.devices}".strip(),
+            "XLA_FLAGS": _xla_flags(a.processes * a.devices),
         }
         keep = [t for t in a.train if "=" in t and not t.startswith("-")]
         for opt in ("--config", "--run-dir"):
