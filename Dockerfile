@@ -10,8 +10,7 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONUNBUFFERED=1 \
     JAX_PLATFORMS=cuda \
-    XLA_FLAGS="--xla_gpu_enable_latency_hiding_scheduler=true" \
-    XLA_PYTHON_CLIENT_MEM_FRACTION=0.9
+    XLA_FLAGS="--xla_gpu_enable_latency_hiding_scheduler=true"
 
 RUN useradd --create-home --uid 1000 deqdist
 WORKDIR /opt/deqdist

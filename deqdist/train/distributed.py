@@ -20,6 +20,7 @@ reports the same line (see launch/local.py).
 """
 from __future__ import annotations
 
+import inspect
 import os
 import socket
 import sys
@@ -231,13 +232,16 @@ def finished() -> None:
 
 
 def failed(exc: BaseException) -> None:
-    """A collective failed in the main thread (a peer closed its connection): name the lost peer and exit."""
-    if _watch is None:
+    """A runtime error in the main thread: if a collective failed because a peer went away, name it and exit."""
+    import jax
+
+    if _watch is None or not isinstance(exc, getattr(jax.errors, "JaxRuntimeError", RuntimeError)):
         return
     deadline = time.monotonic() + _watch.timeout + 3 * _watch.interval
     while time.monotonic() < deadline:  # the watch thread exits the process once the peer's heartbeat stops
         time.sleep(0.5)
-    _fail(lost_message(None, _watch.n, f"a collective failed ({type(exc).__name__})", _watch.run_dir))
+    first = next((l for l in str(exc).splitlines() if l.strip()), type(exc).__name__)[:200]
+    _fail(lost_message(None, _watch.n, f"a collective failed ({first})", _watch.run_dir))
 
 
 def _client():
@@ -274,13 +278,22 @@ def maybe_initialize(coordinator: str | None = None, num_processes: int | None =
 
     watch = _JoinWatch(coordinator or "the auto-detected coordinator", coord, process_id, num_processes, wait)
     watch.start()
-    # JAX aborts with a fatal log at its own deadlines; ours come first.
+    # JAX aborts with a fatal log at its own deadlines; ours come first. (Options this JAX lacks are left out.)
     kw = dict(initialization_timeout=int(wait) + 60, heartbeat_timeout_seconds=int(max(100, 2 * lost_after + 30)))
-    if all(given):
-        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                                   process_id=process_id, **kw)
-    else:
-        jax.distributed.initialize(**kw)
+    accepted = inspect.signature(jax.distributed.initialize).parameters
+    kw = {k: v for k, v in kw.items() if k in accepted}
+    try:
+        if all(given):
+            jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                                       process_id=process_id, **kw)
+        else:
+            jax.distributed.initialize(**kw)
+    except (ValueError, RuntimeError) as e:  # e.g. --distributed where JAX finds no cluster
+        watch.done.set()
+        first = next((l for l in str(e).splitlines() if l.strip()), type(e).__name__)
+        raise ConfigError(f"JAX could not set up the multi-process job ({first.strip().rstrip('.')}); --distributed "
+                          f"finds TPU pods and SLURM jobs by itself, elsewhere give --coordinator, --num-processes "
+                          f"and --process-id") from None
     from deqdist.train.platform import require_backend
 
     require_backend()  # the device exchange with every peer is part of joining
