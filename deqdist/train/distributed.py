@@ -245,9 +245,13 @@ def failed(exc: BaseException) -> None:
 
 
 def _client():
-    from jax._src import distributed as jd
-
-    return getattr(jd.global_state, "client", None)
+    """JAX's coordination-service client (private API: without it there is no peer watch, JAX's own remains)."""
+    try:
+        from jax._src import distributed as jd
+    except ImportError:
+        return None
+    client = getattr(getattr(jd, "global_state", None), "client", None)
+    return client if all(hasattr(client, m) for m in ("key_value_set", "key_value_dir_get")) else None
 
 
 def maybe_initialize(coordinator: str | None = None, num_processes: int | None = None,
