@@ -128,7 +128,7 @@ class _JoinWatch(threading.Thread):
             up = self._coordinator_up()
             if waited >= self.timeout:
                 if up:
-                    what = (f"not all {self.n or ''} processes joined the coordinator at {self.where}; start every "
+                    what = (f"not all {self.n or 'the'} processes joined the coordinator at {self.where}; start every "
                             f"process with the same --coordinator and --num-processes")
                 else:
                     what = (f"no coordinator answered at {self.where}; start process 0 there (same --num-processes) "
