@@ -1,14 +1,16 @@
-"""`deqdist` command line: train | eval | generate | config | bench.
+"""`deqdist` command line: train | eval | generate | config | info | bench.
 
     deqdist train [--config FILE] [--run-dir DIR] [--stop-after N] [key=value ...]
     deqdist eval RUN_DIR [--split valid|test|both] [--batches N] [key=value ...]
     deqdist generate RUN_DIR [--prompt TEXT | --prompt-ids 1,2,3] [--tokens N] [--temperature T] [--no-cache] [key=value ...]
     deqdist config [--config FILE] [key=value ...]       print the resolved config
+    deqdist info [--config FILE] [--run-dir DIR] [--json] [key=value ...]   versions, devices, the mesh
     deqdist bench solvers|model|parallel|generate [--repeats N] [--preset NAME] [--batch N] [--run-dir DIR]
 
 Bad input (unknown key, wrong type, bad mesh sizes, missing data, a run
 directory that does not fit) prints one line on stderr and exits with 2;
-nothing is written.
+nothing is written. A multi-process job that fails (a peer never joins or is
+lost) exits with 3 and one line.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import inspect
 import os
 import sys
 
-COMMANDS = ("train", "eval", "generate", "config", "bench")
+COMMANDS = ("train", "eval", "generate", "config", "info", "bench")
 BENCHES = ("solvers", "model", "parallel", "generate")
 
 
@@ -44,6 +46,8 @@ def _add_distributed(p: argparse.ArgumentParser) -> None:
     g.add_argument("--process-id", type=int, metavar="I", help="this process's index (env DEQDIST_PROCESS_ID)")
     g.add_argument("--distributed", action="store_true",
                    help="call jax.distributed.initialize() and let JAX find the cluster (TPU pods, SLURM)")
+    g.add_argument("--init-timeout", type=float, metavar="SECONDS",
+                   help="longest wait for the coordinator and every peer (env DEQDIST_INIT_TIMEOUT, default 300)")
 
 
 OVERRIDES_HELP = "dotted overrides, e.g. solver.max_iter=20 train.steps=100 parallel.tensor=4"
@@ -90,6 +94,15 @@ def build_parsers() -> dict[str, argparse.ArgumentParser]:
     p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
     ps["config"] = p
 
+    p = _Parser(prog="deqdist info", description="Versions, backend, devices, processes and the mesh a config "
+                "would build here; exits 2 with one line if it cannot (launchers run it as their preflight).")
+    p.add_argument("--config", metavar="FILE")
+    p.add_argument("--run-dir", metavar="DIR", help="resolve the config as `deqdist train --run-dir DIR` would")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
+    _add_distributed(p)
+    ps["info"] = p
+
     p = _Parser(prog="deqdist bench", description="Benchmarks: solvers | model | parallel | generate.")
     p.add_argument("what", choices=BENCHES)
     p.add_argument("--repeats", type=int, help="timing repeats (solvers, model)")
@@ -102,13 +115,14 @@ def build_parsers() -> dict[str, argparse.ArgumentParser]:
 
 def _top_help() -> str:
     return (
-        "usage: deqdist {train,eval,generate,config,bench} ...\n\n"
+        "usage: deqdist {train,eval,generate,config,info,bench} ...\n\n"
         "Deep Equilibrium Transformers on many devices.\n\n"
         "commands:\n"
         "  train      train or resume a run (deqdist train --help)\n"
         "  eval       valid/test metrics of a run's latest checkpoint\n"
         "  generate   sample text from a run's latest checkpoint\n"
         "  config     print the resolved config\n"
+        "  info       versions, devices, processes and the mesh a config would build here\n"
         "  bench      benchmarks: solvers | model | parallel | generate\n"
     )
 
@@ -116,13 +130,20 @@ def _top_help() -> str:
 # ---------------------------------------------------------------------------
 def _init_distributed(args) -> None:
     from deqdist.train.distributed import maybe_initialize
+    from deqdist.train.platform import require_backend
 
-    maybe_initialize(args.coordinator, args.num_processes, args.process_id, args.distributed)
+    if not maybe_initialize(args.coordinator, args.num_processes, args.process_id, args.distributed,
+                            args.init_timeout):
+        require_backend()
 
 
 def _train(args) -> int:
     _init_distributed(args)
     from deqdist.train import run_train
+    from deqdist.train.distributed import set_run_dir
+
+    if args.run_dir is not None:
+        set_run_dir(args.run_dir)
 
     if args.stop_after is not None and args.stop_after < 1:
         raise UsageError(f"--stop-after must be a positive integer, got {args.stop_after}")
@@ -166,6 +187,13 @@ def _config(args) -> int:
     return 0
 
 
+def _info(args) -> int:
+    _init_distributed(args)
+    from deqdist.train.info import run_info
+
+    return run_info(args.config, args.run_dir, args.overrides, args.json)
+
+
 def _bench(args) -> int:
     name = f"deqdist.bench.{args.what}"
     if importlib.util.find_spec(name) is None:
@@ -204,7 +232,8 @@ def keep_large_buffers_in_heap() -> None:
     libc.mallopt(m_trim_threshold, 1 << 30)
 
 
-HANDLERS = {"train": _train, "eval": _eval, "generate": _generate, "config": _config, "bench": _bench}
+HANDLERS = {"train": _train, "eval": _eval, "generate": _generate, "config": _config, "info": _info,
+            "bench": _bench}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,12 +250,36 @@ def main(argv: list[str] | None = None) -> int:
         if cmd not in HANDLERS:
             raise UsageError(f"unknown command {cmd!r}; use one of {', '.join(COMMANDS)} (deqdist --help)")
         args = build_parsers()[cmd].parse_intermixed_args(argv[1:])
-        return HANDLERS[cmd](args)
+        code = HANDLERS[cmd](args)
     except (UsageError, ConfigError, DataError) as e:
         msg = " ".join(str(e).split())
         print(f"deqdist {cmd if cmd in HANDLERS else ''}: error: {msg}".replace("deqdist : ", "deqdist: "),
-              file=sys.stderr)
-        return 2
+              file=sys.stderr, flush=True)
+        return _exit_now(2)
+    except Exception as e:
+        _peer_failure(e)
+        raise
+    _distributed().finished()
+    return code
+
+
+def _distributed():
+    from deqdist.train import distributed
+
+    return distributed
+
+
+def _exit_now(code: int) -> int:
+    """In a multi-process job, skip JAX's exit barrier (it would wait minutes for peers that exit too)."""
+    if "jax" in sys.modules and _distributed().joined():
+        sys.stdout.flush()
+        os._exit(code)
+    return code
+
+
+def _peer_failure(e: Exception) -> None:
+    if "jax" in sys.modules and _distributed().joined():
+        _distributed().failed(e)
 
 
 if __name__ == "__main__":

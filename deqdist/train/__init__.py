@@ -7,7 +7,8 @@
 Modules: state (params + AdamW as one sharded pytree), step (jitted train/eval
 steps), evaluate, checkpoint (orbax), metrics (jsonl, TensorBoard, progress),
 preempt (SIGTERM), generate (sampling), rundir (layout, resume rules),
-mesh (the only door to deqdist.parallel), distributed (multi-host start-up).
+mesh (the only door to deqdist.parallel), distributed (multi-host start-up, lost
+peers), platform (the requested accelerator or an error), info (`deqdist info`).
 """
 from deqdist.train.loop import run_eval, run_generate, run_train
 

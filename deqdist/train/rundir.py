@@ -8,6 +8,7 @@
       tb/              TensorBoard event files (scalars "<kind>/<metric>")
       checkpoints/     orbax: <step>/state (params, AdamW, step, RNG) and <step>/data (iterator per process)
       results.json     final test metrics and the generated sample
+      logs/            per-process logs of the launchers (launch/), and their .reachable token
 
 Resolution: with --config FILE the file is the base; otherwise an existing run's
 config.yaml is (so `deqdist train --run-dir DIR train.steps=600` extends a run);
@@ -32,6 +33,7 @@ METRICS = "metrics.jsonl"
 RESULTS = "results.json"
 CHECKPOINTS = "checkpoints"
 TB = "tb"
+LAUNCHER_ENTRIES = {"logs", ".reachable"}  # written by launch/ before the first `deqdist train`
 
 
 class RunDirError(ConfigError):
@@ -68,7 +70,7 @@ def resolve_for_train(config_path: str | None, run_dir: Path, overrides: Sequenc
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"--run-dir {run_dir} exists and is not a directory")
     saved = saved_config(run_dir)
-    if saved is None and run_dir.is_dir() and any(run_dir.iterdir()):
+    if saved is None and run_dir.is_dir() and any(p.name not in LAUNCHER_ENTRIES for p in run_dir.iterdir()):
         raise RunDirError(
             f"--run-dir {run_dir} exists, is not empty and is not a deqdist run (no {CONFIG}); "
             f"choose a new or empty directory"

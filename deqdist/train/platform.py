@@ -1,0 +1,54 @@
+"""The accelerator the user asked for, or a one-line error: never a silent fall-back to the CPU.
+
+JAX_PLATFORMS=tpu (or cuda, ...) makes JAX refuse to start without that
+platform; we turn its traceback into a ConfigError. Without JAX_PLATFORMS, JAX
+quietly falls back to the CPU when an installed accelerator plugin fails (a
+TPU held by a stale process, a GPU whose driver does not load): that is an
+error too, unless the user asks for the CPU (JAX_PLATFORMS=cpu).
+"""
+from __future__ import annotations
+
+import os
+
+from deqdist.config import ConfigError
+
+
+class PlatformError(ConfigError):
+    pass
+
+
+def _first_line(text: str) -> str:
+    return next((l.strip() for l in str(text).splitlines() if l.strip()), "")[:300]
+
+
+def _failed_accelerators() -> dict[str, str]:
+    """Platform -> error of accelerator backends JAX tried and dropped (private JAX state, absent = none)."""
+    try:
+        from jax._src import xla_bridge
+    except ImportError:
+        return {}
+    errors = dict(getattr(xla_bridge, "_backend_errors", {}) or {})
+    return {p: e for p, e in errors.items() if p not in ("cpu", "interpreter")}
+
+
+def require_backend():
+    """jax.devices() of the requested platform; PlatformError if it is missing or JAX fell back to the CPU."""
+    import jax
+
+    asked = os.environ.get("JAX_PLATFORMS", "").strip()
+    try:
+        devices = jax.devices()
+    except RuntimeError as e:
+        raise PlatformError(
+            f"JAX_PLATFORMS={asked or '(unset)'} but JAX could not start it: {_first_line(e)}; check that the "
+            f"accelerator is present and free (no other process holds it), or set JAX_PLATFORMS=cpu"
+        ) from None
+    if not asked and devices[0].platform == "cpu":
+        failed = _failed_accelerators()
+        if failed:
+            p, err = next(iter(failed.items()))
+            raise PlatformError(
+                f"the {p} backend failed ({_first_line(err)}) and JAX fell back to the CPU; free the accelerator "
+                f"(launch/tpu_vm.sh run clears stale TPU users), or set JAX_PLATFORMS=cpu to run on the CPU"
+            )
+    return devices

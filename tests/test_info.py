@@ -1,0 +1,48 @@
+"""`deqdist info`: versions, devices and the config's mesh; exit 2 with one line when the mesh or the
+requested platform is not available here."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def info(*args, platforms: str = "cpu") -> subprocess.CompletedProcess:
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS=platforms)
+    return subprocess.run([sys.executable, "-m", "deqdist.cli", "info", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_info_reports_the_mesh():
+    p = info("--json", "parallel.data=2", "parallel.tensor=4", "model.n_heads=4")
+    assert p.returncode == 0, p.stderr
+    d = json.loads(p.stdout)
+    assert d["backend"] == "cpu" and d["device_count"] == 8 and d["devices"] == {"cpu": 8}
+    assert (d["process_index"], d["process_count"]) == (0, 1)
+    assert d["mesh"] == {"data": 2, "fsdp": 1, "tensor": 4}
+    import jax
+
+    assert d["versions"]["jax"] == jax.__version__ and d["versions"]["grain"]
+
+
+@pytest.mark.parametrize("args, says", [
+    (["parallel.data=3"], "there are 8 devices"),
+    (["parallel.tensor=8", "model.n_heads=2"], "not divisible"),
+])
+def test_info_bad_mesh_is_exit_2(args, says):
+    p = info(*args)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and says in p.stderr, p.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is not None, reason="a TPU runtime is installed")
+def test_missing_requested_platform_is_exit_2_not_cpu():
+    p = info(platforms="tpu")
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    assert p.stderr.startswith("deqdist info: error: JAX_PLATFORMS=tpu but JAX could not start it")
