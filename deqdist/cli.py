@@ -4,7 +4,7 @@
     deqdist eval RUN_DIR [--split valid|test|both] [--batches N] [key=value ...]
     deqdist generate RUN_DIR [--prompt TEXT | --prompt-ids 1,2,3] [--tokens N] [--temperature T] [key=value ...]
     deqdist config [--config FILE] [key=value ...]       print the resolved config
-    deqdist bench solvers|model|parallel [--repeats N] [--preset NAME] [--batch N]
+    deqdist bench solvers|model|parallel [--repeats N] [--preset NAME] [--batch N] [--run-dir DIR]
 
 Bad input (unknown key, wrong type, bad mesh sizes, missing data, a run
 directory that does not fit) prints one line on stderr and exits with 2;
@@ -90,9 +90,10 @@ def build_parsers() -> dict[str, argparse.ArgumentParser]:
 
     p = _Parser(prog="deqdist bench", description="Benchmarks: solvers | model | parallel.")
     p.add_argument("what", choices=BENCHES)
-    p.add_argument("--repeats", type=int, help="timing repeats (solvers, model)")
+    p.add_argument("--repeats", type=int, help="timing repeats (solvers, model, parallel)")
     p.add_argument("--preset", choices=["tiny", "small", "medium"], help="model preset (model, parallel)")
     p.add_argument("--batch", type=int, help="batch size (model, parallel)")
+    p.add_argument("--run-dir", metavar="DIR", help="draw the batch from this run's latest checkpoint (parallel)")
     ps["bench"] = p
     return ps
 
@@ -170,12 +171,12 @@ def _bench(args) -> int:
     mod = importlib.import_module(name)
     accepted = inspect.signature(mod.run).parameters
     kwargs = {}
-    for k in ("repeats", "preset", "batch"):
+    for k in ("repeats", "preset", "batch", "run_dir"):
         v = getattr(args, k)
         if v is None:
             continue
         if k not in accepted:
-            raise UsageError(f"`deqdist bench {args.what}` takes no --{k}")
+            raise UsageError(f"`deqdist bench {args.what}` takes no --{k.replace('_', '-')}")
         kwargs[k] = v
     print(mod.run(**kwargs))
     return 0

@@ -35,7 +35,7 @@ class ParallelConfig:
     devices that split a sample (the `seq` rule's axes), which must iterate together;
     every data/fsdp replica stops as soon as its own samples have converged. "global":
     every device runs as many iterations as the hardest sample of the global batch.
-    The booleans of older configs are read as true -> "global", false -> "sample".
+    Older configs' booleans are read as true -> "global", false -> "sample".
     """
 
     data: int = -1
@@ -50,8 +50,9 @@ class ParallelConfig:
         rules = tuple((str(k), tuple(v) if isinstance(v, list) else v) for k, v in
                       (self.rules.items() if isinstance(self.rules, dict) else self.rules))
         object.__setattr__(self, "rules", rules)
-        if isinstance(self.lockstep, bool):
-            object.__setattr__(self, "lockstep", "global" if self.lockstep else "sample")
+        # Older configs hold a boolean (YAML files) or its spelling (command-line overrides).
+        if isinstance(self.lockstep, bool) or self.lockstep in ("true", "false"):
+            object.__setattr__(self, "lockstep", "global" if self.lockstep in (True, "true") else "sample")
 
     def validate(self) -> "ParallelConfig":
         sizes = {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}

@@ -133,7 +133,8 @@ def test_global_lockstep_runs_the_global_maximum(problem, alone):
     assert any(not g or len({replica[d] for d in g}) > 1 for g in _loop_groups(hlo, sizes))
 
 
-@pytest.mark.parametrize("value,expected", [(True, "global"), (False, "sample"), ("global", "global")])
+@pytest.mark.parametrize("value,expected", [(True, "global"), (False, "sample"), ("true", "global"),
+                                            ("false", "sample"), ("global", "global")])
 def test_lockstep_accepts_old_booleans(value, expected):
     assert ParallelConfig(lockstep=value).validate().lockstep == expected
 
