@@ -206,6 +206,13 @@ def _replica_rows(preset: str, batch: int, repeats: int, run_dir: str | None) ->
 def run(preset: str = "tiny", batch: int = 8, repeats: int = 5, run_dir: str | None = None) -> str:
     import jax
 
+    if run_dir is not None:  # bad input fails here, in one line, not in the 8-device child
+        from ..train import rundir as rd
+
+        rd.resolve_for_run(Path(run_dir), [])
+        if not any((Path(run_dir) / rd.CHECKPOINTS).glob("*")):
+            raise rd.RunDirError(f"{run_dir} has no checkpoints yet; train it first (deqdist train --run-dir {run_dir})")
+
     if jax.device_count() >= 8:
         return _run(preset, batch) + _replica_rows(preset, batch, repeats, run_dir)
     if jax.default_backend() != "cpu":
