@@ -113,9 +113,8 @@ def _checkpoint_problem(run_dir: str, batch: int):
     import numpy as np
     from flax import nnx
 
-    from ..data import load_data
     from ..train import rundir as rd
-    from ..train.loop import _open_run
+    from ..train.loop import _open_run, load_data
 
     cfg = rd.resolve_for_run(Path(run_dir), [])
     session, state, step = _open_run(Path(run_dir), [])
@@ -220,5 +219,7 @@ def run(preset: str = "tiny", batch: int = 8, repeats: int = 5, run_dir: str | N
     env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
                                       " --xla_force_host_platform_device_count=8").strip())
     code = f"from deqdist.bench.parallel import run; print(run({preset!r}, {batch}, {repeats}, {run_dir!r}))"
-    return subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True,
-                          text=True).stdout.rstrip()
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if p.returncode:  # the child's own last line says why
+        raise SystemExit((p.stderr.strip().splitlines() or [f"exit status {p.returncode}"])[-1])
+    return p.stdout.rstrip()
