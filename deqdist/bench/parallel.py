@@ -26,6 +26,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 MESHES = [(8, 1, 1), (1, 8, 1), (2, 1, 4), (2, 2, 2), (1, 1, 8)]
@@ -150,7 +151,7 @@ def _replica_rows(preset: str, batch: int, repeats: int, run_dir: str | None) ->
 
     from ..deq import backward_sink
     from ..parallel import ParallelConfig, check_divisible, make_mesh, make_solve
-    from .common import median_ms, table
+    from .common import table
 
     if run_dir:
         model, tokens, deq_cfg, source = _checkpoint_problem(run_dir, batch)
@@ -165,16 +166,16 @@ def _replica_rows(preset: str, batch: int, repeats: int, run_dir: str | None) ->
     w = jax.random.normal(jax.random.key(2), z0.shape, z0.dtype)
     rows = []
     for sizes in REPLICA_MESHES:
-        iters, ms = {}, {}
-        for lockstep in ("sample", "global"):
+        m = model.cfg
+        mesh = make_mesh(ParallelConfig(*sizes))
+        try:
+            check_divisible(mesh, ParallelConfig(*sizes), batch=batch, seq=m.seq_len, heads=m.n_heads, mlp=m.d_mlp)
+        except ValueError as e:
+            rows.append([str(sizes)] + ["-"] * 7 + [f"skipped: {e}"])
+            continue
+        steps, iters, times = {}, {}, {"sample": [], "global": []}
+        for lockstep in times:
             pc = ParallelConfig(*sizes, lockstep=lockstep)
-            mesh = make_mesh(pc)
-            m = model.cfg
-            try:
-                check_divisible(mesh, pc, batch=batch, seq=m.seq_len, heads=m.n_heads, mlp=m.d_mlp)
-            except ValueError as e:
-                rows.append([str(sizes)] + ["-"] * 7 + [f"skipped: {e}"])
-                break
             solve = make_solve(mesh, pc)
 
             def step(params, x, sink, solve=solve):
@@ -185,15 +186,23 @@ def _replica_rows(preset: str, batch: int, repeats: int, run_dir: str | None) ->
                 (g, sink_ct), st = jax.grad(loss, argnums=(0, 1), has_aux=True)(params, sink)
                 return g, st.nstep, st.loop_iters, sink_ct["loop_iters"]
 
-            with jax.set_mesh(mesh):
-                ms[lockstep], out = median_ms(jax.jit(step), params, x, backward_sink(batch), repeats=repeats)
-            iters[lockstep] = [np.asarray(a, np.float64) for a in out[1:]]
-        else:
-            nstep, fwd, bwd = iters["sample"]
-            fwd_g, bwd_g = iters["global"][1:]
-            rows.append([str(sizes), f"{nstep.mean():.1f}", f"{fwd.mean():.1f}", f"{fwd_g.mean():.0f}",
-                         f"{bwd.mean():.1f}", f"{bwd_g.mean():.0f}", f"{ms['sample']:.1f}", f"{ms['global']:.1f}",
-                         f"{100 * (1 - ms['sample'] / ms['global']):.0f}%"])
+            steps[lockstep] = jax.jit(step)
+        with jax.set_mesh(mesh):
+            args = (params, x, backward_sink(batch))
+            for lockstep, fn in steps.items():
+                iters[lockstep] = [np.asarray(a, np.float64) for a in jax.block_until_ready(fn(*args))[1:]]
+            # Alternate the two modes so that a change in machine load hits both alike.
+            for _ in range(repeats):
+                for lockstep, fn in steps.items():
+                    t = time.perf_counter()
+                    jax.block_until_ready(fn(*args))
+                    times[lockstep].append(1e3 * (time.perf_counter() - t))
+        ms = {k: float(np.median(v)) for k, v in times.items()}
+        nstep, fwd, bwd = iters["sample"]
+        fwd_g, bwd_g = iters["global"][1:]
+        rows.append([str(sizes), f"{nstep.mean():.1f}", f"{fwd.mean():.1f}", f"{fwd_g.mean():.0f}",
+                     f"{bwd.mean():.1f}", f"{bwd_g.mean():.0f}", f"{ms['sample']:.1f}", f"{ms['global']:.1f}",
+                     f"{100 * (1 - ms['sample'] / ms['global']):.0f}%"])
     head = (f"\n\nper-replica stopping vs global lockstep: {source}; batch {batch}; "
             f"solver {deq_cfg.fwd.method} tol {deq_cfg.fwd.tol:g}/{deq_cfg.bwd.tol:g}, "
             f"max_iter {deq_cfg.fwd.max_iter}/{deq_cfg.bwd.max_iter}; step = forward solve + implicit backward\n\n")
