@@ -4,9 +4,9 @@ Inside the shard_map each device holds z, x and therefore every solver buffer
 (Broyden's steps, Anderson's history) for its own batch rows and its own slice of
 the sequence: batch over the `batch` rule's axes, sequence over the `seq` rule's
 axis. The block gets Megatron-style sequence-parallel collectives over that axis;
-solver inner products psum over it, and so does the stop test: the devices that
-split a sample iterate together, while data/fsdp replicas, which exchange nothing
-inside the loop, each stop when their own samples have converged
+solver inner products psum over it, so the stop test, built from them, is the same
+on the devices that split a sample and they iterate together. Data/fsdp replicas
+exchange nothing inside the loop and each stops when its own samples have converged
 (`parallel.lockstep: global` makes every device run the global maximum instead).
 Parameters enter with their tensor-parallel
 split only: their `fsdp` shards are all-gathered once at the shard_map boundary,
