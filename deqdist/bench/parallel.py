@@ -13,10 +13,9 @@ the samples of a trained checkpoint (`--run-dir`) or, without one, the `tiny` mo
 with each sample's injection scaled by a random factor (a synthetic spread). Per
 mesh: forward and backward loop iterations per device (mean over devices) against
 the global maximum that lockstep runs, and the time of one solve step (forward
-solve + implicit backward), both modes timed side by side. Simulated CPU devices share
-the host's cores, so there the time follows the total iterations; on accelerators a
-synchronous step still waits for its slowest replica, and what remains is the
-per-iteration global all-reduce lockstep adds.
+solve + implicit backward), both modes timed alternately. A synchronous step still
+waits for its slowest replica, so the time saved is mostly the whole-mesh all-reduce
+(a sync of every device) that lockstep adds to each iteration.
 
 Runs on 8 devices; on a CPU-only machine it re-launches itself with 8 simulated devices.
 """
