@@ -105,10 +105,10 @@ def build_parsers() -> dict[str, argparse.ArgumentParser]:
 
     p = _Parser(prog="deqdist bench", description="Benchmarks: solvers | model | parallel | generate.")
     p.add_argument("what", choices=BENCHES)
-    p.add_argument("--repeats", type=int, help="timing repeats (solvers, model)")
+    p.add_argument("--repeats", type=int, help="timing repeats (solvers, model, parallel)")
     p.add_argument("--preset", choices=["tiny", "small", "medium"], help="model preset (model, parallel)")
     p.add_argument("--batch", type=int, help="batch size (model, parallel)")
-    p.add_argument("--run-dir", metavar="DIR", help="trained parameters from a run's latest checkpoint (generate)")
+    p.add_argument("--run-dir", metavar="DIR", help="use a run's latest checkpoint: its trained parameters (generate) or a batch drawn through it (parallel)")
     ps["bench"] = p
     return ps
 

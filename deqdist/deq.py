@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from .solvers import SampleReduce, SolverConfig, SolveStats, solve
 
 GRAD_MODES = ("implicit", "phantom", "onestep")
-SINK_FIELDS = ("nstep", "abs_residual", "rel_residual", "converged")
+SINK_FIELDS = ("nstep", "abs_residual", "rel_residual", "converged", "loop_iters")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +75,7 @@ def _deq_bwd(f, cfg: DEQConfig, red: SampleReduce, res, cts):
         _, vjp_z = jax.vjp(lambda z: f(params, z, x), z)
         g, st = solve(lambda g: vjp_z(g)[0] + dz, dz, cfg.bwd, red)
         sink_ct = {"nstep": st.nstep, "abs_residual": st.abs_residual,
-                   "rel_residual": st.rel_residual, "converged": st.converged}
+                   "rel_residual": st.rel_residual, "converged": st.converged, "loop_iters": st.loop_iters}
         _, vjp_px = jax.vjp(lambda p, x: f(p, z, x), params, x)
         dp, dx = vjp_px(g)
     elif cfg.grad == "phantom":
@@ -89,11 +89,12 @@ def _deq_bwd(f, cfg: DEQConfig, red: SampleReduce, res, cts):
 
         _, vjp_px = jax.vjp(unrolled, params, x)
         dp, dx = vjp_px(dz)
-        sink_ct = {"nstep": jnp.full_like(sink["nstep"], cfg.phantom_steps)}
+        n = jnp.full_like(sink["nstep"], cfg.phantom_steps)
+        sink_ct = {"nstep": n, "loop_iters": n}
     else:
         _, vjp_px = jax.vjp(lambda p, x: f(p, z, x), params, x)
         dp, dx = vjp_px(dz)
-        sink_ct = {"nstep": jnp.ones_like(sink["nstep"])}
+        sink_ct = {"nstep": jnp.ones_like(sink["nstep"]), "loop_iters": jnp.ones_like(sink["nstep"])}
     sink_ct = {k: sink_ct.get(k, sink[k]).astype(jnp.float32) for k in SINK_FIELDS}
     return dp, dx, jnp.zeros_like(z0), sink_ct
 

@@ -45,6 +45,8 @@ def test_config_prints_the_resolved_yaml(capsys, tmp_path):
     (["eval"], "deqdist eval: error: the following arguments are required: RUN_DIR"),
     (["generate", "r", "--prompt", "a", "--prompt-ids", "1"], "not allowed with argument"),
     (["bench", "everything"], "deqdist bench: error: argument what: invalid choice: 'everything'"),
+    (["bench", "parallel", "--run-dir", "/nope"], "deqdist bench: error: run directory /nope does not exist"),
+    (["bench", "solvers", "--run-dir", "/nope"], "deqdist bench: error: `deqdist bench solvers` takes no --run-dir"),
     (["fit"], "deqdist: error: unknown command 'fit'; use one of train, eval, generate, config, info, bench"),
 ])
 def test_bad_usage_is_one_line_exit_2(capsys, argv, message):

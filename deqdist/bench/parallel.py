@@ -5,8 +5,19 @@ Gram matrix, Anderson's history, as found in the compiled per-device program),
 per-device peak temporary memory of one training step (loss + implicit-gradient
 backward; compiled memory analysis), and the collectives per solver iteration in
 the forward and backward solve loops (counted in the compiled program; no-op
-collectives over size-1 axes excluded). Runs on 8 devices; on a CPU-only machine
-it re-launches itself with 8 simulated devices.
+collectives over size-1 axes excluded).
+
+A second table shows what per-replica stopping (`parallel.lockstep: sample`) saves
+against global lockstep on a batch whose samples need different iteration counts:
+the samples of a trained checkpoint (`--run-dir`) or, without one, the `tiny` model
+with each sample's injection scaled by a random factor (a synthetic spread). Per
+mesh: forward and backward loop iterations per device (mean over devices) against
+the global maximum that lockstep runs, and the time of one solve step (forward
+solve + implicit backward), both modes timed alternately. A synchronous step still
+waits for its slowest replica, so the time saved is mostly the whole-mesh all-reduce
+(a sync of every device) that lockstep adds to each iteration.
+
+Runs on 8 devices; on a CPU-only machine it re-launches itself with 8 simulated devices.
 """
 from __future__ import annotations
 
@@ -14,8 +25,11 @@ import math
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 MESHES = [(8, 1, 1), (1, 8, 1), (2, 1, 4), (2, 2, 2), (1, 1, 8)]
+REPLICA_MESHES = [(8, 1, 1), (4, 1, 2), (2, 1, 4), (2, 2, 2)]
 
 
 def _step(model, tokens, deq_cfg, sizes):
@@ -93,15 +107,127 @@ def _run(preset: str, batch: int) -> str:
                          "step temp MiB/device", "collectives per iteration (fwd / bwd loop)"], rows)
 
 
-def run(preset: str = "tiny", batch: int = 8) -> str:
+def _checkpoint_problem(run_dir: str, batch: int):
+    """(model, tokens, solver config) from the latest checkpoint of a run and its valid split."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from ..train import rundir as rd
+    from ..train.loop import _open_run, load_data
+
+    cfg = rd.resolve_for_run(Path(run_dir), [])
+    session, state, step = _open_run(Path(run_dir), [])
+    try:
+        model = nnx.merge(session.spec.graphdef, jax.device_get(state["params"]))
+    finally:
+        session.close()
+    ids = load_data(cfg).split("valid")
+    S = cfg.model.seq_len
+    starts = np.random.default_rng(0).integers(0, len(ids) - S, batch)
+    tokens = np.stack([ids[i:i + S] for i in starts]).astype(np.int32)
+    return model, tokens, cfg.solver, f"checkpoint {run_dir} (step {step}), {batch} windows of its valid split"
+
+
+def _synthetic_problem(preset: str, batch: int):
+    import jax
+    from flax import nnx
+
+    from ..deq import DEQConfig
+    from ..model import get_preset
+    from ..solvers import SolverConfig
+
+    model = get_preset(preset, n_heads=8).create(nnx.Rngs(0))
+    tokens = jax.random.randint(jax.random.key(1), (batch, model.cfg.seq_len), 0, model.cfg.vocab_size)
+    solver = SolverConfig(max_iter=40, tol=1e-4)
+    return model, tokens, DEQConfig(fwd=solver, bwd=solver), f"{preset} at init, injection of each sample scaled by 0.3..4"
+
+
+def _replica_rows(preset: str, batch: int, repeats: int, run_dir: str | None) -> str:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from ..deq import backward_sink
+    from ..parallel import ParallelConfig, check_divisible, make_mesh, make_solve
+    from .common import table
+
+    if run_dir:
+        model, tokens, deq_cfg, source = _checkpoint_problem(run_dir, batch)
+        scales = np.ones(batch)
+    else:
+        model, tokens, deq_cfg, source = _synthetic_problem(preset, batch)
+        scales = np.exp(np.random.default_rng(0).uniform(np.log(0.3), np.log(4.0), batch))
+    f, params = model.split_block()
+    x = model.inject(jnp.asarray(tokens))
+    x = dict(x, inj=x["inj"] * jnp.asarray(scales, x["inj"].dtype)[:, None, None])
+    z0 = model.z0(jnp.asarray(tokens))
+    w = jax.random.normal(jax.random.key(2), z0.shape, z0.dtype)
+    rows = []
+    for sizes in REPLICA_MESHES:
+        m = model.cfg
+        mesh = make_mesh(ParallelConfig(*sizes))
+        try:
+            check_divisible(mesh, ParallelConfig(*sizes), batch=batch, seq=m.seq_len, heads=m.n_heads, mlp=m.d_mlp)
+        except ValueError as e:
+            rows.append([str(sizes)] + ["-"] * 7 + [f"skipped: {e}"])
+            continue
+        steps, iters, times = {}, {}, {"sample": [], "global": []}
+        for lockstep in times:
+            pc = ParallelConfig(*sizes, lockstep=lockstep)
+            solve = make_solve(mesh, pc)
+
+            def step(params, x, sink, solve=solve):
+                def loss(params, sink):
+                    z, st = solve(f, params, x, z0, deq_cfg, sink)
+                    return jnp.sum(z * w), st
+
+                (g, sink_ct), st = jax.grad(loss, argnums=(0, 1), has_aux=True)(params, sink)
+                return g, st.nstep, st.loop_iters, sink_ct["loop_iters"]
+
+            steps[lockstep] = jax.jit(step)
+        with jax.set_mesh(mesh):
+            args = (params, x, backward_sink(batch))
+            for lockstep, fn in steps.items():
+                iters[lockstep] = [np.asarray(a, np.float64) for a in jax.block_until_ready(fn(*args))[1:]]
+            # Alternate the two modes so that a change in machine load hits both alike.
+            for _ in range(repeats):
+                for lockstep, fn in steps.items():
+                    t = time.perf_counter()
+                    jax.block_until_ready(fn(*args))
+                    times[lockstep].append(1e3 * (time.perf_counter() - t))
+        ms = {k: float(np.median(v)) for k, v in times.items()}
+        nstep, fwd, bwd = iters["sample"]
+        fwd_g, bwd_g = iters["global"][1:]
+        rows.append([str(sizes), f"{nstep.mean():.1f}", f"{fwd.mean():.1f}", f"{fwd_g.mean():.0f}",
+                     f"{bwd.mean():.1f}", f"{bwd_g.mean():.0f}", f"{ms['sample']:.1f}", f"{ms['global']:.1f}",
+                     f"{100 * (1 - ms['sample'] / ms['global']):.0f}%"])
+    head = (f"\n\nper-replica stopping vs global lockstep: {source}; batch {batch}; "
+            f"solver {deq_cfg.fwd.method} tol {deq_cfg.fwd.tol:g}/{deq_cfg.bwd.tol:g}, "
+            f"max_iter {deq_cfg.fwd.max_iter}/{deq_cfg.bwd.max_iter}; step = forward solve + implicit backward\n\n")
+    return head + table(["mesh (data,fsdp,tensor)", "fwd per-sample mean", "fwd per-device mean", "fwd global max",
+                         "bwd per-device mean", "bwd global max", "step ms (sample)", "step ms (global)", "saved"],
+                        rows)
+
+
+def run(preset: str = "tiny", batch: int = 8, repeats: int = 5, run_dir: str | None = None) -> str:
     import jax
 
+    if run_dir is not None:  # bad input fails here, in one line, not in the 8-device child
+        from ..train import rundir as rd
+
+        rd.resolve_for_run(Path(run_dir), [])
+        if not any((Path(run_dir) / rd.CHECKPOINTS).glob("*")):
+            raise rd.RunDirError(f"{run_dir} has no checkpoints yet; train it first (deqdist train --run-dir {run_dir})")
+
     if jax.device_count() >= 8:
-        return _run(preset, batch)
+        return _run(preset, batch) + _replica_rows(preset, batch, repeats, run_dir)
     if jax.default_backend() != "cpu":
         raise SystemExit(f"bench parallel needs 8 devices, found {jax.device_count()}")
     env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
                                       " --xla_force_host_platform_device_count=8").strip())
-    code = f"from deqdist.bench.parallel import run; print(run({preset!r}, {batch}))"
-    return subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True,
-                          text=True).stdout.rstrip()
+    code = f"from deqdist.bench.parallel import run; print(run({preset!r}, {batch}, {repeats}, {run_dir!r}))"
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if p.returncode:  # the child's own last line says why
+        raise SystemExit((p.stderr.strip().splitlines() or [f"exit status {p.returncode}"])[-1])
+    return p.stdout.rstrip()

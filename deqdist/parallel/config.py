@@ -12,6 +12,7 @@ from typing import Union
 
 AXES = ("data", "fsdp", "tensor")
 MeshAxes = Union[str, tuple[str, ...], None]
+LOCKSTEP = ("sample", "global")
 
 DEFAULT_RULES: tuple[tuple[str, MeshAxes], ...] = (
     ("batch", ("data", "fsdp")),
@@ -30,9 +31,11 @@ class ParallelConfig:
 
     dcn_data: an outer factor of `data` that crosses slices / hosts (multi-slice TPU or
     multi-node GPU): devices are grouped by slice (or process) before `data` is split.
-    lockstep: reduce the solver's stop test over all mesh axes so every device iterates
-    the same number of times. Always on when a sample is split (tensor > 1); off lets
-    each data-parallel device stop as soon as its own samples converge.
+    lockstep: which devices share the solver's stop test. "sample" (default): only the
+    devices that split a sample (the `seq` rule's axes), which must iterate together;
+    every data/fsdp replica stops as soon as its own samples have converged. "global":
+    every device runs as many iterations as the hardest sample of the global batch.
+    Older configs' booleans are read as true -> "global", false -> "sample".
     """
 
     data: int = -1
@@ -40,13 +43,16 @@ class ParallelConfig:
     tensor: int = 1
     dcn_data: int = 1
     rules: tuple[tuple[str, MeshAxes], ...] = DEFAULT_RULES
-    lockstep: bool = True
+    lockstep: Union[str, bool] = "sample"
 
     def __post_init__(self):
         # YAML gives lists; keep the config hashable (it is a static jit argument).
         rules = tuple((str(k), tuple(v) if isinstance(v, list) else v) for k, v in
                       (self.rules.items() if isinstance(self.rules, dict) else self.rules))
         object.__setattr__(self, "rules", rules)
+        # Older configs hold a boolean (YAML files) or its spelling (command-line overrides).
+        if isinstance(self.lockstep, bool) or self.lockstep in ("true", "false"):
+            object.__setattr__(self, "lockstep", "global" if self.lockstep in (True, "true") else "sample")
 
     def validate(self) -> "ParallelConfig":
         sizes = {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
@@ -55,6 +61,8 @@ class ParallelConfig:
         for k, v in sizes.items():
             if v == 0 or v < -1:
                 raise ValueError(f"parallel.{k} must be a positive size or -1, got {v}")
+        if self.lockstep not in LOCKSTEP:
+            raise ValueError(f"parallel.lockstep must be one of {', '.join(LOCKSTEP)}, got {self.lockstep!r}")
         if self.dcn_data < 1:
             raise ValueError(f"parallel.dcn_data must be >= 1, got {self.dcn_data}")
         for name, axes in self.rules:

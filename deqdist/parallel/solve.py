@@ -4,8 +4,11 @@ Inside the shard_map each device holds z, x and therefore every solver buffer
 (Broyden's steps, Anderson's history) for its own batch rows and its own slice of
 the sequence: batch over the `batch` rule's axes, sequence over the `seq` rule's
 axis. The block gets Megatron-style sequence-parallel collectives over that axis;
-solver inner products psum over it; the stop test is reduced over every mesh axis
-so all devices iterate in lockstep. Parameters enter with their tensor-parallel
+solver inner products psum over it, so the stop test, built from them, is the same
+on the devices that split a sample and they iterate together. Data/fsdp replicas
+exchange nothing inside the loop and each stops when its own samples have converged
+(`parallel.lockstep: global` makes every device run the global maximum instead).
+Parameters enter with their tensor-parallel
 split only: their `fsdp` shards are all-gathered once at the shard_map boundary,
 i.e. once per solve, and the backward solve runs under the same layout.
 """
@@ -40,10 +43,11 @@ def collectives(seq_axes: tuple[str, ...]) -> Collectives:
         scatter_seq=lambda a: lax.psum_scatter(a, seq_axes, scatter_dimension=1, tiled=True))
 
 
-def sample_reduce(mesh: Mesh, cfg: ParallelConfig) -> SampleReduce:
+def sample_reduce(cfg: ParallelConfig) -> SampleReduce:
+    # The stop test of a sample is computed from psums over `seq`, so it is already identical
+    # across those devices; reducing it over data/fsdp too is what "global" lockstep adds.
     seq = _seq_axes(cfg)
-    lockstep = cfg.lockstep or any(mesh.shape[a] > 1 for a in seq)
-    return SampleReduce(axes=seq, lockstep_axes=AXES if lockstep else ())
+    return SampleReduce(axes=seq, lockstep_axes=AXES if cfg.lockstep == "global" else seq)
 
 
 def _tree_spec(tree: Any, spec: P) -> Any:
@@ -62,7 +66,7 @@ def make_solve(mesh: Mesh, cfg: ParallelConfig) -> Callable:
     z_spec = activation_spec(cfg, "batch", "seq", None)
     row_spec = activation_spec(cfg, "batch")
     comms = collectives(_seq_axes(cfg))
-    red = sample_reduce(mesh, cfg)
+    red = sample_reduce(cfg)
 
     def solve(f, params, x, z0, deq_cfg: DEQConfig, bwd_sink=None):
         if bwd_sink is None:
@@ -71,7 +75,7 @@ def make_solve(mesh: Mesh, cfg: ParallelConfig) -> Callable:
         def local(params, x, z0, sink):
             return deq(functools.partial(f, comms=comms), params, x, z0, deq_cfg, reduce=red, bwd_sink=sink)
 
-        stats_spec = SolveStats(*([row_spec] * 5),
+        stats_spec = SolveStats(*([row_spec] * 6),
                                 trace=P(*row_spec, None) if deq_cfg.fwd.trace else None)
         return jax.shard_map(
             local, mesh=mesh,
@@ -87,7 +91,7 @@ def make_unroll(mesh: Mesh, cfg: ParallelConfig) -> Callable:
     z_spec = activation_spec(cfg, "batch", "seq", None)
     row_spec = activation_spec(cfg, "batch")
     comms = collectives(_seq_axes(cfg))
-    red = sample_reduce(mesh, cfg)
+    red = sample_reduce(cfg)
 
     def unroll(f, params, x, z0, n: int):
         def local(params, x, z0):

@@ -63,6 +63,9 @@ class SolveStats(NamedTuple):
     rel_residual: jax.Array
     converged: jax.Array
     diverged: jax.Array
+    # Iterations the solver loop ran on this device (one value repeated per sample): the
+    # compute this device spent, set by the slowest sample that shared its stop test.
+    loop_iters: jax.Array
     trace: jax.Array | None = None
 
 
@@ -73,8 +76,9 @@ class SampleReduce:
     `axes`: mesh axes over which one sample's features are sharded (e.g. the sequence
     split over `tensor`); every inner product and norm psums over them, so the same
     solver code runs unsharded and inside `shard_map`.
-    `lockstep_axes`: axes over which the loop's stop test is reduced, so every device
-    iterates the same number of times (needed whenever f contains collectives).
+    `lockstep_axes`: axes over which the loop's stop test is reduced: the devices along
+    them iterate the same number of times (needed over every axis that f or the solver
+    communicates over inside the loop, i.e. at least `axes`).
     """
 
     axes: tuple[str, ...] = ()
@@ -210,5 +214,5 @@ def run(method: Method, f: Callable[[jax.Array], jax.Array], z0: jax.Array, cfg:
     stats = SolveStats(
         nstep=s.nstep, abs_residual=s.best_abs, rel_residual=s.best_rel,
         converged=done(s.best_abs, s.best_rel), diverged=s.diverged & ~done(s.best_abs, s.best_rel),
-        trace=s.trace)
+        loop_iters=jnp.full_like(s.nstep, s.k), trace=s.trace)
     return s.best_z.reshape(shape).astype(dtype), stats

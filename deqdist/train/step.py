@@ -40,6 +40,13 @@ def _solver_metrics(prefix: str, nstep, rel, max_iter: int, converged=None) -> d
     return out
 
 
+def _replica_metrics(prefix: str, loop_iters) -> dict[str, jax.Array]:
+    # loop_iters repeats each replica's loop count on its rows (equal rows per replica), so
+    # the row mean is the mean over replicas; their max is what global lockstep would run.
+    loop_iters = loop_iters.astype(jnp.float32)
+    return {f"{prefix}_replica_iters": jnp.mean(loop_iters), f"{prefix}_replica_iters_max": jnp.max(loop_iters)}
+
+
 class Steps:
     """Builds and caches the compiled steps for one mesh / config."""
 
@@ -107,6 +114,8 @@ class Steps:
                 metrics.update(_solver_metrics("fwd", st.nstep, st.rel_residual, fwd_max, st.converged))
                 metrics.update(_solver_metrics("bwd", sink_ct["nstep"], sink_ct["rel_residual"], bwd_max,
                                                sink_ct["converged"] if cfg.solver.grad == "implicit" else None))
+                metrics.update(_replica_metrics("fwd", st.loop_iters))
+                metrics.update(_replica_metrics("bwd", sink_ct["loop_iters"]))
             else:
                 metrics["explicit_rel_res"] = jnp.mean(aux["rel_residual"])
             if jac:

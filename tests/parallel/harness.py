@@ -41,7 +41,7 @@ def reference_step(model, tokens, cfg: DEQConfig):
 
 
 def sharded_step(model, tokens, cfg: DEQConfig, sizes: tuple[int, int, int], run: bool = True,
-                 lockstep: bool = True):
+                 lockstep: str = "sample"):
     """The same step on a (data, fsdp, tensor) mesh: sharded params, batch and solve.
 
     Returns (outputs or None, the lowered step, the mesh).

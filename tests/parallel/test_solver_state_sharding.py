@@ -16,7 +16,8 @@ def test_broyden_state_is_sharded_like_z(sizes):
     data, fsdp, tensor = sizes
     cfg = deq_cfg("broyden")
     model, tokens = model_and_tokens(B, S)
-    _, lowered, _ = sharded_step(model, tokens, cfg, sizes, run=False)
+    # Global lockstep: the stop test communicates on every mesh, so both loops show up below.
+    _, lowered, _ = sharded_step(model, tokens, cfg, sizes, run=False, lockstep="global")
     hlo = lowered.compile().as_text()
     full = history_shape(B, S * D, cfg.fwd)
     local = history_shape(B // (data * fsdp), S // tensor * D, cfg.fwd)
@@ -43,11 +44,11 @@ def test_anderson_history_is_sharded_like_z():
     assert has_buffer(hlo, (B // 4, m, S // 2 * D)) and not has_buffer(hlo, (B, m, S * D))
 
 
-def test_without_lockstep_data_parallel_devices_stop_on_their_own():
-    # No axis splits a sample: with lockstep off the loop has no collective at all.
+def test_data_parallel_devices_stop_on_their_own():
+    # No axis splits a sample: by default (per-replica stopping) the loop has no collective at all.
     cfg = deq_cfg("broyden")
     model, tokens = model_and_tokens(B, S)
-    out, lowered, _ = sharded_step(model, tokens, cfg, (8, 1, 1), lockstep=False)
+    out, lowered, _ = sharded_step(model, tokens, cfg, (8, 1, 1))
     local = history_shape(1, S * D, cfg.fwd)
     hlo = lowered.compile().as_text()
     assert has_buffer(hlo, local) and solver_loops(hlo, local) == []

@@ -35,8 +35,12 @@ def test_metrics_have_solver_stats(reference_run):
     assert train[1]["deq"] == 0.0 and "explicit_rel_res" in train[1]  # explicit warm-up
     deq = train[STEPS]
     for k in ("loss", "bpb", "lr", "grad_norm", "tok_s", "jac_loss", "fwd_iters", "fwd_rel_res", "fwd_hit_max",
-              "bwd_iters", "bwd_rel_res", "bwd_hit_max"):
+              "bwd_iters", "bwd_rel_res", "bwd_hit_max", "fwd_replica_iters", "fwd_replica_iters_max",
+              "bwd_replica_iters", "bwd_replica_iters_max"):
         assert k in deq and math.isfinite(deq[k]), k
+    # A replica runs as long as its slowest sample: between the per-sample mean and the max.
+    for d in ("fwd", "bwd"):
+        assert deq[f"{d}_iters"] <= deq[f"{d}_replica_iters"] <= deq[f"{d}_replica_iters_max"] == deq[f"{d}_iters_max"]
     assert 1 <= deq["fwd_iters"] <= 12 and 1 <= deq["bwd_iters"] <= 12
     assert {(r["kind"], r["step"]) for r in recs if r["kind"] != "train"} == {
         ("valid", 12), ("valid", STEPS), ("test", STEPS)}
