@@ -17,6 +17,7 @@ import ctypes
 import importlib
 import importlib.util
 import inspect
+import math
 import os
 import sys
 
@@ -117,11 +118,29 @@ def _init_distributed(args) -> None:
     maybe_initialize(args.coordinator, args.num_processes, args.process_id, args.distributed)
 
 
+def _check_utf8(what: str, text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(f"{what} is not valid UTF-8 text: {text!r}") from None
+
+
+def _check_args(args) -> None:
+    """Text arguments must be UTF-8 (paths too: they are written into the run's files)."""
+    for name, value in vars(args).items():
+        if isinstance(value, str):
+            _check_utf8("--" + name.replace("_", "-") if name != "run_dir" else "RUN_DIR", value)
+        elif isinstance(value, list):
+            for v in value:
+                if isinstance(v, str):
+                    _check_utf8("override", v)
+
+
 def _train(args) -> int:
     _init_distributed(args)
     from deqdist.train import run_train
 
-    if args.stop_after is not None and args.stop_after < 1:
+    if args.stop_after is not None and not 1 <= args.stop_after < 2**31:
         raise UsageError(f"--stop-after must be a positive integer, got {args.stop_after}")
     return run_train(args.config, args.run_dir, args.overrides, stop_after=args.stop_after)
 
@@ -130,7 +149,7 @@ def _eval(args) -> int:
     _init_distributed(args)
     from deqdist.train import run_eval
 
-    if args.batches is not None and args.batches < 1:
+    if args.batches is not None and not 1 <= args.batches < 2**31:
         raise UsageError(f"--batches must be a positive integer, got {args.batches}")
     splits = ("valid", "test") if args.split == "both" else (args.split,)
     return run_eval(args.run_dir, args.overrides, splits=splits, batches=args.batches)
@@ -148,10 +167,14 @@ def _generate(args) -> int:
             raise UsageError(f"--prompt-ids must be comma-separated integers, got {args.prompt_ids!r}") from None
         if not ids:
             raise UsageError("--prompt-ids is empty")
-    if args.tokens < 0:
-        raise UsageError(f"--tokens must be >= 0, got {args.tokens}")
-    if args.temperature < 0:
-        raise UsageError(f"--temperature must be >= 0, got {args.temperature}")
+    if not 0 <= args.tokens < 2**31:
+        raise UsageError(f"--tokens must be an integer >= 0, got {args.tokens}")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise UsageError(f"--temperature must be a finite number >= 0, got {args.temperature}")
+    if not 0 <= args.seed < 2**32:
+        raise UsageError(f"--seed must be an integer in [0, 2**32), got {args.seed}")
+    if args.prompt is not None:
+        _check_utf8("--prompt", args.prompt)
     return run_generate(args.run_dir, args.overrides, prompt=args.prompt, prompt_ids=ids, tokens=args.tokens,
                         temperature=args.temperature, seed=args.seed)
 
@@ -174,6 +197,8 @@ def _bench(args) -> int:
         v = getattr(args, k)
         if v is None:
             continue
+        if isinstance(v, int) and not 1 <= v < 2**31:
+            raise UsageError(f"--{k} must be a positive integer, got {v}")
         if k not in accepted:
             raise UsageError(f"`deqdist bench {args.what}` takes no --{k}")
         kwargs[k] = v
@@ -218,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         if cmd not in HANDLERS:
             raise UsageError(f"unknown command {cmd!r}; use one of {', '.join(COMMANDS)} (deqdist --help)")
         args = build_parsers()[cmd].parse_intermixed_args(argv[1:])
+        _check_args(args)
         return HANDLERS[cmd](args)
     except (UsageError, ConfigError, DataError) as e:
         msg = " ".join(str(e).split())

@@ -22,6 +22,7 @@ a checkpoint written on one mesh is read straight into another layout.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -41,6 +42,37 @@ DAMAGED = "damaged"  # RUN_DIR/checkpoints.damaged/<step>: set aside by a resume
 
 class NoUsableCheckpoint(Exception):
     """Checkpoints exist but none is whole; the message lists why each was skipped."""
+
+    def __init__(self, directory: Path, skipped: list[tuple[int, str]]):
+        super().__init__(f"none of the {len(skipped)} checkpoints in {directory} is usable "
+                         f"({'; '.join(f'{s}: {w}' for s, w in sorted(skipped, reverse=True))})")
+
+
+@dataclasses.dataclass
+class Scan:
+    """The checkpoints of a directory, newest first: `bad` ones (with why) up to the newest verified one,
+    which is `candidates[0]`; the older `candidates` are verified only if that one cannot be read."""
+
+    candidates: list[int]
+    bad: list[tuple[int, str]]
+
+    def check(self, directory: Path) -> None:
+        if self.bad and not self.candidates:
+            raise NoUsableCheckpoint(directory, self.bad)
+
+
+def scan(directory: Path) -> Scan:
+    """Verify checkpoints newest first up to the first good one; one warning line per damaged one."""
+    steps = sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir()), reverse=True) \
+        if directory.is_dir() else []
+    bad = []
+    for i, step in enumerate(steps):
+        why = verify(directory / str(step))
+        if why is None:
+            return Scan(steps[i:], bad)
+        bad.append((step, why))
+        _warn(f"checkpoint {step} skipped: {why}")
+    return Scan([], bad)
 
 
 def _file_digest(path: Path) -> str:
@@ -163,29 +195,30 @@ class Checkpoints:
             self.mngr.close()
 
     # ------------------------------------------------------------------ restore
-    def restore_newest(self, abstract_state: Any, data_iter=None, *,
-                       warn: Callable[[str], None] = _warn) -> tuple[Any, int | None, list[int]]:
+    def restore_newest(self, abstract_state: Any, data_iter=None, scanned: "Scan | None" = None
+                       ) -> tuple[Any, int | None, list[int]]:
         """(state, step, skipped steps) from the newest good checkpoint; (None, None, []) if there are none.
 
         Raises NoUsableCheckpoint when checkpoints exist but none is good.
         """
-        skipped: list[tuple[int, str]] = []
-        for step in reversed(self.steps_on_disk()):
-            why = verify(self.directory / str(step))
-            if why is None:
-                try:
-                    state = self.restore(step, abstract_state, data_iter)
-                except Exception as e:  # noqa: BLE001 - any failure to read it means: try the previous one
-                    why = f"unreadable ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
-                else:
-                    return state, step, [s for s, _ in skipped]
-            skipped.append((step, why))
-            warn(f"checkpoint {step} skipped: {why}")
+        scanned = scanned or scan(self.directory)
+        skipped = list(scanned.bad)
+        for i, step in enumerate(scanned.candidates):
+            why = verify(self.directory / str(step)) if i > 0 else None
+            if why is not None:
+                _warn(f"checkpoint {step} skipped: {why}")
+                skipped.append((step, why))
+                continue
+            try:
+                state = self.restore(step, abstract_state, data_iter)
+            except Exception as e:  # noqa: BLE001 - any failure to read it means: try the previous one
+                why = f"unreadable ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+                _warn(f"checkpoint {step} skipped: {why}")
+                skipped.append((step, why))
+            else:
+                return state, step, sorted(s for s, _ in skipped)
         if skipped:
-            raise NoUsableCheckpoint(
-                f"none of the {len(skipped)} checkpoints in {self.directory} is usable "
-                f"({'; '.join(f'{s}: {w}' for s, w in skipped)})"
-            )
+            raise NoUsableCheckpoint(self.directory, skipped)
         return None, None, []
 
     def set_aside(self, steps: list[int]) -> None:

@@ -10,6 +10,7 @@ last good state), 130 stopped by Ctrl-C after checkpointing.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import sys
@@ -24,7 +25,8 @@ from deqdist.config import Config
 from deqdist.data import Corpus, DataError, eval_iterator, load_corpus, to_global, train_iterator
 from deqdist.train import mesh as meshlib
 from deqdist.train import rundir as rd
-from deqdist.train.checkpoint import Checkpoints, NoUsableCheckpoint
+from deqdist.train import checkpoint as ckptlib
+from deqdist.train.checkpoint import Checkpoints
 from deqdist.train.lock import RunDirLocked, RunLock, check_unlocked
 from deqdist.train.evaluate import evaluate
 from deqdist.train.generate import generate
@@ -75,17 +77,32 @@ class Session:
                                     create=self._create)
         return self.ckpt
 
-    def restore_latest(self, data_iter=None) -> tuple[Any, int | None, list[int]]:
+    def scan_checkpoints(self) -> ckptlib.Scan:
+        """Verify the run's checkpoints (writes nothing); RunDirError if there are some but none is usable."""
+        directory = self.run_dir / rd.CHECKPOINTS
+        with _no_usable_checkpoint(directory):
+            scanned = ckptlib.scan(directory)
+            scanned.check(directory)
+        return scanned
+
+    def restore_latest(self, data_iter=None, scanned: ckptlib.Scan | None = None
+                       ) -> tuple[Any, int | None, list[int]]:
         """(state, step, steps skipped as damaged) of the newest good checkpoint; (None, None, []) if none."""
         ck = self.open_checkpoints()
-        try:
-            return ck.restore_newest(self.spec.abstract_for_restore(), data_iter)
-        except NoUsableCheckpoint as e:
-            raise rd.RunDirError(f"{e}; to start this run over, move {ck.directory} aside") from None
+        with _no_usable_checkpoint(ck.directory):
+            return ck.restore_newest(self.spec.abstract_for_restore(), data_iter, scanned)
 
     def close(self) -> None:
         if self.ckpt is not None:
             self.ckpt.close()
+
+
+@contextlib.contextmanager
+def _no_usable_checkpoint(directory: Path):
+    try:
+        yield
+    except ckptlib.NoUsableCheckpoint as e:
+        raise rd.RunDirError(f"{e}; to start this run over, move {directory} aside") from None
 
 
 # ---------------------------------------------------------------------------
@@ -110,6 +127,7 @@ def run_train(config_path: str | None, run_dir: Path | None, overrides: Sequence
     data_it = train_iterator(corpus, cfg.data)
     eval_iterator(corpus, cfg.data, "valid")  # DataError now if the valid split is too short
     eval_iterator(corpus, cfg.data, "test", max_batches=cfg.train.test_batches)
+    scanned = session.scan_checkpoints()
     if jax.process_count() > 1:
         # Every host has looked at the run dir before any host writes to it.
         from jax.experimental import multihost_utils
@@ -119,7 +137,7 @@ def run_train(config_path: str | None, run_dir: Path | None, overrides: Sequence
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = _locked_out(lambda: RunLock(run_dir) if _primary() else None)
     try:
-        return _start_and_train(session, run_dir, cfg, saved, corpus, data_it, stop_after)
+        return _start_and_train(session, run_dir, cfg, saved, corpus, data_it, stop_after, scanned)
     finally:
         session.close()
         if lock is not None:
@@ -144,8 +162,8 @@ def _locked_out(fn):
 
 
 def _start_and_train(session: Session, run_dir: Path, cfg: Config, saved: Config | None, corpus: Corpus, data_it,
-                     stop_after: int | None) -> int:
-    state, start, damaged = session.restore_latest(data_it)
+                     stop_after: int | None, scanned: ckptlib.Scan) -> int:
+    state, start, damaged = session.restore_latest(data_it, scanned)
     session.ckpt.set_aside([s for s in damaged if start is None or s > start])
     resumed = start is not None
     if not resumed:
@@ -227,6 +245,7 @@ def _train_loop(session: Session, state, start: int, corpus: Corpus, data_it, st
                     for b in bad:
                         bad_run = bad_run + 1 if b else 0
                     m["loss"] = float(np.mean(losses[bad == 0])) if (bad == 0).any() else float("nan")
+                    m.pop("bad", None)
                     m["bad_steps"] = float(bad.sum())
                     if unit == "bpb":
                         m["bpb"] = m["loss"] / LN2
@@ -334,7 +353,7 @@ def _open_run(run_dir: Path, overrides: Sequence[str]) -> tuple[Session, Any, in
         raise rd.RunDirError(f"{run_dir} has no checkpoints yet ({ck_dir} is missing)")
     session = Session(cfg, run_dir, create_checkpoints=False)
     try:
-        state, step, _ = session.restore_latest()
+        state, step, _ = session.restore_latest(scanned=session.scan_checkpoints())
     except BaseException:
         session.close()
         raise
