@@ -129,7 +129,7 @@ def _check_args(args) -> None:
     """Text arguments must be UTF-8 (paths too: they are written into the run's files)."""
     for name, value in vars(args).items():
         if isinstance(value, str):
-            _check_utf8("--" + name.replace("_", "-") if name != "run_dir" else "RUN_DIR", value)
+            _check_utf8("the run directory" if name == "run_dir" else "--" + name.replace("_", "-"), value)
         elif isinstance(value, list):
             for v in value:
                 if isinstance(v, str):

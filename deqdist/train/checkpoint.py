@@ -62,7 +62,7 @@ class Scan:
 
 
 def scan(directory: Path) -> Scan:
-    """Verify checkpoints newest first up to the first good one; one warning line per damaged one."""
+    """Verify checkpoints newest first up to the first good one (reads only)."""
     steps = sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir()), reverse=True) \
         if directory.is_dir() else []
     bad = []
@@ -71,7 +71,6 @@ def scan(directory: Path) -> Scan:
         if why is None:
             return Scan(steps[i:], bad)
         bad.append((step, why))
-        _warn(f"checkpoint {step} skipped: {why}")
     return Scan([], bad)
 
 
@@ -206,16 +205,15 @@ class Checkpoints:
         for i, step in enumerate(scanned.candidates):
             why = verify(self.directory / str(step)) if i > 0 else None
             if why is not None:
-                _warn(f"checkpoint {step} skipped: {why}")
                 skipped.append((step, why))
                 continue
             try:
                 state = self.restore(step, abstract_state, data_iter)
             except Exception as e:  # noqa: BLE001 - any failure to read it means: try the previous one
-                why = f"unreadable ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
-                _warn(f"checkpoint {step} skipped: {why}")
-                skipped.append((step, why))
+                skipped.append((step, f"unreadable ({type(e).__name__}: {' '.join(str(e).split())[:200]})"))
             else:
+                for s, why in skipped:
+                    _warn(f"checkpoint {s} skipped: {why}")
                 return state, step, sorted(s for s, _ in skipped)
         if skipped:
             raise NoUsableCheckpoint(self.directory, skipped)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -82,7 +83,7 @@ CASES = {
     "config missing": (None, ["config", "--config", "{tmp}/nope.yaml"], r"config file .*nope.yaml' does not exist"),
     "config is a dir": (_write("{tmp}/d/x", ""), ["config", "--config", "{tmp}/d"], r"does not exist"),
     "config not utf-8": (_write("{tmp}/c.yaml", b"train:\n  lr: \xff\n"), ["config", "--config", "{tmp}/c.yaml"],
-                         r"is not UTF-8 text \(byte 15\)"),
+                         r"is not UTF-8 text \(byte 13\)"),
     "config not yaml": (_write("{tmp}/c.yaml", "train: [1,\n"), ["config", "--config", "{tmp}/c.yaml"],
                         r"is not valid YAML at line"),
     "config a list": (_write("{tmp}/c.yaml", "- 1\n- 2\n"), ["config", "--config", "{tmp}/c.yaml"],
@@ -101,7 +102,7 @@ CASES = {
     "bad flag": (None, T + ["--bogus"], r"unrecognized arguments: --bogus"),
     "stop-after 0": (None, T + ["--stop-after", "0"], r"--stop-after must be a positive integer"),
     "stop-after text": (None, T + ["--stop-after", "x"], r"argument --stop-after: invalid int value"),
-    "run dir not utf-8": (None, ["train", "--run-dir", "{tmp}/" + BAD_UTF8], r"--run-dir is not valid UTF-8"),
+    "run dir not utf-8": (None, ["train", "--run-dir", "{tmp}/" + BAD_UTF8], r"the run directory is not valid UTF-8"),
     "eval batches 0": (None, E + ["--batches", "0"], r"--batches must be a positive integer"),
     "eval split": (None, E + ["--split", "train"], r"argument --split: invalid choice"),
     "generate temperature nan": (None, G + ["--temperature", "nan"], r"--temperature must be a finite number"),
@@ -174,8 +175,6 @@ def test_bad_input(name, case_dir, capsys):
     assert rc == 2, (rc, err)
     assert len(lines) == 1 and lines[0].startswith("deqdist"), err
     assert "Traceback" not in err
-    import re
-
     assert re.search(pattern, lines[0]), (pattern, lines[0])
     assert _digest(tmp) == before, "a refused command wrote files"
 
