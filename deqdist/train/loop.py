@@ -291,6 +291,7 @@ def _train_loop(session: Session, state, start: int, corpus: Corpus, data_it, st
                 return code
             if last_saved != step:
                 ckpt.save(step, state, data_it)
+            ckpt.wait()  # sealed before the final evaluation: a crash there resumes at the last step
             progress.close()
             if start >= total:
                 _say(f"run is already at step {start} = train.steps; nothing to train (raise train.steps to go on)")
