@@ -246,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         _check_args(args)
         return HANDLERS[cmd](args)
     except (UsageError, ConfigError, DataError) as e:
-        msg = " ".join(str(e).split())
+        # Text from the user may hold undecodable bytes (surrogates); show them escaped, never fail on them.
+        msg = " ".join(str(e).split()).encode("utf-8", "backslashreplace").decode("utf-8")
         print(f"deqdist {cmd if cmd in HANDLERS else ''}: error: {msg}".replace("deqdist : ", "deqdist: "),
               file=sys.stderr)
         return 2
