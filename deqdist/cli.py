@@ -4,7 +4,7 @@
     deqdist eval RUN_DIR [--split valid|test|both] [--batches N] [key=value ...]
     deqdist generate RUN_DIR [--prompt TEXT | --prompt-ids 1,2,3] [--tokens N] [--temperature T] [key=value ...]
     deqdist config [--config FILE] [key=value ...]       print the resolved config
-    deqdist bench solvers|model|parallel [--repeats N] [--preset NAME] [--batch N]
+    deqdist bench solvers|model|parallel|integrity [--repeats N] [--preset NAME] [--batch N]
 
 Bad input (unknown key, wrong type, bad mesh sizes, missing data, a run
 directory that does not fit) prints one line on stderr and exits with 2;
@@ -22,7 +22,7 @@ import os
 import sys
 
 COMMANDS = ("train", "eval", "generate", "config", "bench")
-BENCHES = ("solvers", "model", "parallel")
+BENCHES = ("solvers", "model", "parallel", "integrity")
 
 
 class UsageError(Exception):
@@ -89,11 +89,12 @@ def build_parsers() -> dict[str, argparse.ArgumentParser]:
     p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
     ps["config"] = p
 
-    p = _Parser(prog="deqdist bench", description="Benchmarks: solvers | model | parallel.")
+    p = _Parser(prog="deqdist bench", description="Benchmarks: solvers | model | parallel | integrity (cost of "
+                "the finite-step guard and checkpoint checksums).")
     p.add_argument("what", choices=BENCHES)
-    p.add_argument("--repeats", type=int, help="timing repeats (solvers, model)")
-    p.add_argument("--preset", choices=["tiny", "small", "medium"], help="model preset (model, parallel)")
-    p.add_argument("--batch", type=int, help="batch size (model, parallel)")
+    p.add_argument("--repeats", type=int, help="timing repeats (solvers, model, integrity)")
+    p.add_argument("--preset", choices=["tiny", "small", "medium"], help="model preset (model, parallel, integrity)")
+    p.add_argument("--batch", type=int, help="batch size (model, parallel, integrity)")
     ps["bench"] = p
     return ps
 
@@ -107,7 +108,7 @@ def _top_help() -> str:
         "  eval       valid/test metrics of a run's latest checkpoint\n"
         "  generate   sample text from a run's latest checkpoint\n"
         "  config     print the resolved config\n"
-        "  bench      benchmarks: solvers | model | parallel\n"
+        "  bench      benchmarks: solvers | model | parallel | integrity\n"
     )
 
 

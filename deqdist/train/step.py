@@ -52,7 +52,7 @@ class Steps:
     def __init__(self, cfg: Config, spec: StateSpec, batch_sharding, solve: Callable, unroll: Callable, *,
                  guard: bool = True):
         self.cfg, self.spec = cfg, spec
-        self.guard = guard  # off only to measure what the guard costs (deqdist bench model --no-guard)
+        self.guard = guard  # off only to measure what the guard costs (deqdist bench integrity)
         self.batch_sharding = batch_sharding
         self.solve, self.unroll = solve, unroll
         self._train: dict[tuple[str, bool], Callable] = {}
