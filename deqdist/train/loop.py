@@ -115,8 +115,7 @@ def run_train(config_path: str | None, run_dir: Path | None, overrides: Sequence
             raise rd.RunDirError("with several processes give --run-dir (a directory every host can reach)")
         run_dir = rd.default_run_dir(config_path)
     run_dir = Path(run_dir)
-    if _primary():
-        _locked_out(lambda: check_unlocked(run_dir))
+    _locked_out(lambda: check_unlocked(run_dir) if _primary() else None)  # fail fast, before any work
     cfg, saved = rd.resolve_for_train(config_path, run_dir, overrides)
     cfg.data.per_host_batch(jax.process_count())  # DataError if not divisible
 
