@@ -5,12 +5,12 @@
     deqdist generate RUN_DIR [--prompt TEXT | --prompt-ids 1,2,3] [--tokens N] [--temperature T] [--no-cache] [key=value ...]
     deqdist config [--config FILE] [key=value ...]       print the resolved config
     deqdist info [--config FILE] [--run-dir DIR] [--json] [key=value ...]   versions, devices, the mesh
-    deqdist bench solvers|model|parallel|generate [--repeats N] [--preset NAME] [--batch N] [--run-dir DIR]
+    deqdist bench solvers|model|parallel|generate|integrity [--repeats N] [--preset NAME] [--batch N] [--run-dir DIR]
 
 Bad input (unknown key, wrong type, bad mesh sizes, missing data, a run
 directory that does not fit) prints one line on stderr and exits with 2;
 nothing is written. A multi-process job that fails (a peer never joins or is
-lost) exits with 3 and one line.
+lost) exits with 3 and one line; too many consecutive non-finite steps exit with 4.
 """
 from __future__ import annotations
 
@@ -19,11 +19,12 @@ import ctypes
 import importlib
 import importlib.util
 import inspect
+import math
 import os
 import sys
 
 COMMANDS = ("train", "eval", "generate", "config", "info", "bench")
-BENCHES = ("solvers", "model", "parallel", "generate")
+BENCHES = ("solvers", "model", "parallel", "generate", "integrity")
 
 
 class UsageError(Exception):
@@ -103,12 +104,14 @@ def build_parsers() -> dict[str, argparse.ArgumentParser]:
     _add_distributed(p)
     ps["info"] = p
 
-    p = _Parser(prog="deqdist bench", description="Benchmarks: solvers | model | parallel | generate.")
+    p = _Parser(prog="deqdist bench", description="Benchmarks: solvers | model | parallel | generate | integrity "
+                "(cost of the finite-step guard and checkpoint checksums).")
     p.add_argument("what", choices=BENCHES)
-    p.add_argument("--repeats", type=int, help="timing repeats (solvers, model, parallel)")
-    p.add_argument("--preset", choices=["tiny", "small", "medium"], help="model preset (model, parallel)")
-    p.add_argument("--batch", type=int, help="batch size (model, parallel)")
-    p.add_argument("--run-dir", metavar="DIR", help="use a run's latest checkpoint: its trained parameters (generate) or a batch drawn through it (parallel)")
+    p.add_argument("--repeats", type=int, help="timing repeats (solvers, model, parallel, integrity)")
+    p.add_argument("--preset", choices=["tiny", "small", "medium"], help="model preset (model, parallel, integrity)")
+    p.add_argument("--batch", type=int, help="batch size (model, parallel, integrity)")
+    p.add_argument("--run-dir", metavar="DIR", help="use a run's latest checkpoint: its trained parameters (generate) "
+                   "or a batch drawn through it (parallel)")
     ps["bench"] = p
     return ps
 
@@ -123,7 +126,7 @@ def _top_help() -> str:
         "  generate   sample text from a run's latest checkpoint\n"
         "  config     print the resolved config\n"
         "  info       versions, devices, processes and the mesh a config would build here\n"
-        "  bench      benchmarks: solvers | model | parallel | generate\n"
+        "  bench      benchmarks: solvers | model | parallel | generate | integrity\n"
     )
 
 
@@ -137,6 +140,24 @@ def _init_distributed(args) -> None:
         require_backend()
 
 
+def _check_utf8(what: str, text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(f"{what} is not valid UTF-8 text: {text!r}") from None
+
+
+def _check_args(args) -> None:
+    """Text arguments must be UTF-8 (paths too: they are written into the run's files)."""
+    for name, value in vars(args).items():
+        if isinstance(value, str):
+            _check_utf8("the run directory" if name == "run_dir" else "--" + name.replace("_", "-"), value)
+        elif isinstance(value, list):
+            for v in value:
+                if isinstance(v, str):
+                    _check_utf8("override", v)
+
+
 def _train(args) -> int:
     _init_distributed(args)
     from deqdist.train import run_train
@@ -145,7 +166,7 @@ def _train(args) -> int:
     if args.run_dir is not None:
         set_run_dir(args.run_dir)
 
-    if args.stop_after is not None and args.stop_after < 1:
+    if args.stop_after is not None and not 1 <= args.stop_after < 2**31:
         raise UsageError(f"--stop-after must be a positive integer, got {args.stop_after}")
     return run_train(args.config, args.run_dir, args.overrides, stop_after=args.stop_after)
 
@@ -154,7 +175,7 @@ def _eval(args) -> int:
     _init_distributed(args)
     from deqdist.train import run_eval
 
-    if args.batches is not None and args.batches < 1:
+    if args.batches is not None and not 1 <= args.batches < 2**31:
         raise UsageError(f"--batches must be a positive integer, got {args.batches}")
     splits = ("valid", "test") if args.split == "both" else (args.split,)
     return run_eval(args.run_dir, args.overrides, splits=splits, batches=args.batches)
@@ -172,10 +193,14 @@ def _generate(args) -> int:
             raise UsageError(f"--prompt-ids must be comma-separated integers, got {args.prompt_ids!r}") from None
         if not ids:
             raise UsageError("--prompt-ids is empty")
-    if args.tokens < 0:
-        raise UsageError(f"--tokens must be >= 0, got {args.tokens}")
-    if args.temperature < 0:
-        raise UsageError(f"--temperature must be >= 0, got {args.temperature}")
+    if not 0 <= args.tokens < 2**31:
+        raise UsageError(f"--tokens must be an integer >= 0, got {args.tokens}")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise UsageError(f"--temperature must be a finite number >= 0, got {args.temperature}")
+    if not 0 <= args.seed < 2**32:
+        raise UsageError(f"--seed must be an integer in [0, 2**32), got {args.seed}")
+    if args.prompt is not None:
+        _check_utf8("--prompt", args.prompt)
     return run_generate(args.run_dir, args.overrides, prompt=args.prompt, prompt_ids=ids, tokens=args.tokens,
                         temperature=args.temperature, seed=args.seed, cache=not args.no_cache)
 
@@ -205,6 +230,8 @@ def _bench(args) -> int:
         v = getattr(args, k)
         if v is None:
             continue
+        if isinstance(v, int) and not 1 <= v < 2**31:
+            raise UsageError(f"--{k} must be a positive integer, got {v}")
         if k not in accepted:
             raise UsageError(f"`deqdist bench {args.what}` takes no --{k.replace('_', '-')}")
         kwargs[k] = v
@@ -250,9 +277,11 @@ def main(argv: list[str] | None = None) -> int:
         if cmd not in HANDLERS:
             raise UsageError(f"unknown command {cmd!r}; use one of {', '.join(COMMANDS)} (deqdist --help)")
         args = build_parsers()[cmd].parse_intermixed_args(argv[1:])
+        _check_args(args)
         code = HANDLERS[cmd](args)
     except (UsageError, ConfigError, DataError) as e:
-        msg = " ".join(str(e).split())
+        # Text from the user may hold undecodable bytes (surrogates); show them escaped, never fail on them.
+        msg = " ".join(str(e).split()).encode("utf-8", "backslashreplace").decode("utf-8")
         print(f"deqdist {cmd if cmd in HANDLERS else ''}: error: {msg}".replace("deqdist : ", "deqdist: "),
               file=sys.stderr, flush=True)
         return _exit_now(2)

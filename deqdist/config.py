@@ -37,6 +37,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from deqdist.atomic import write_atomic
 from deqdist.data import DataConfig
 from deqdist.deq import DEQConfig
 from deqdist.model import ModelConfig
@@ -75,9 +76,13 @@ class TrainConfig:
     log_every: int = 10  # metrics every N steps
     test_batches: int | None = 200  # final test evaluation (null: the whole test split)
     seed: int = 0  # parameter init and dropout
+    max_bad_steps: int = 10  # stop (exit 4) after this many consecutive rejected (non-finite / diverged) steps
+    max_diverged_frac: float = 0.5  # reject a step whose forward solve diverged for more than this share of samples
 
     def validate(self) -> "TrainConfig":
-        _positive(self, "train", "steps", "log_every")
+        _positive(self, "train", "steps", "log_every", "max_bad_steps")
+        if not 0 <= self.max_diverged_frac <= 1:
+            raise ConfigError(f"train.max_diverged_frac must be in [0, 1], got {self.max_diverged_frac!r}")
         _non_negative(self, "train", "warmup_steps", "warmup_explicit_steps", "eval_every")
         if not self.lr > 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr!r}")
@@ -203,9 +208,9 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(
-            "# deqdist resolved config: reload with `deqdist train --config THIS_FILE`\n" + self.to_yaml()
-        )
+        """Write the resolved config (atomically) with a header saying how to reuse it."""
+        write_atomic(path, "# deqdist resolved config: reload with `deqdist train --config THIS_FILE`\n"
+                     + self.to_yaml())
 
     @staticmethod
     def from_dict(d: Mapping, source: str = "config") -> "Config":
@@ -377,7 +382,11 @@ def read_yaml(path: str | Path) -> dict:
     if not p.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist" + _presets_hint())
     try:
-        d = yaml.safe_load(p.read_text())
+        d = yaml.safe_load(p.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {e.strerror}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

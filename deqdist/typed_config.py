@@ -7,9 +7,13 @@ extra declarations. `ConfigError` is the one error type of configuration.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Mapping
+
+
+INT_LIMIT = 2**31
 
 
 class ConfigError(ValueError):
@@ -78,20 +82,34 @@ def coerce(value: Any, t: Any, key: str) -> Any:
         raise _type_error(key, value, t)
     if t is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if not -INT_LIMIT <= value < INT_LIMIT:  # counters and sizes end up in int32 arrays
+                raise ConfigError(f"{key} must fit in 32 bits (|value| < {INT_LIMIT}), got {value}")
             return value
         raise _type_error(key, value, t)
     if t is float:
+        f = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            try:
+                f = float(value)
+            except OverflowError:
+                f = math.inf
+        elif isinstance(value, str):
             # PyYAML reads 3e-4 (no dot) as a string.
             try:
-                return float(value)
+                f = float(value)
             except ValueError:
                 pass
-        raise _type_error(key, value, t)
+        if f is None:
+            raise _type_error(key, value, t)
+        if not math.isfinite(f):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
+        return f
     if t is str:
         if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ConfigError(f"{key} is not valid UTF-8 text: {value!r}") from None
             return value
         raise _type_error(key, value, t)
     return value

@@ -5,8 +5,9 @@
     run_generate(run_dir, overrides, prompt=...)    `deqdist generate`
 
 Modules: state (params + AdamW as one sharded pytree), step (jitted train/eval
-steps), evaluate, checkpoint (orbax), metrics (jsonl, TensorBoard, progress),
-preempt (SIGTERM), generate (sampling), rundir (layout, resume rules),
+steps, finite-step guard), evaluate, checkpoint (orbax, checksums, fallback),
+metrics (jsonl, TensorBoard, progress), preempt (SIGTERM), generate (sampling),
+rundir (layout, resume rules), lock (one trainer per run dir),
 mesh (the only door to deqdist.parallel), distributed (multi-host start-up, lost
 peers), platform (the requested accelerator or an error), info (`deqdist info`).
 """

@@ -3,10 +3,14 @@
 Everything that can be wrong with the inputs (config, mesh sizes, layout,
 corpus, run directory) is checked before the run directory is touched, so a
 bad invocation writes nothing. Exit codes: 0 done (or stopped by SIGTERM /
---stop-after after checkpointing), 130 stopped by Ctrl-C after checkpointing.
+--stop-after after checkpointing), 2 bad input (also: another trainer holds
+the run dir, or none of its checkpoints is usable), 3 stopped after
+train.max_bad_steps consecutive rejected steps (the last checkpoint is the
+last good state), 130 stopped by Ctrl-C after checkpointing.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import sys
@@ -21,15 +25,18 @@ from deqdist.config import Config
 from deqdist.data import Corpus, DataError, eval_iterator, load_corpus, to_global, train_iterator
 from deqdist.train import mesh as meshlib
 from deqdist.train import rundir as rd
+from deqdist.train import checkpoint as ckptlib
 from deqdist.train.checkpoint import Checkpoints
+from deqdist.train.lock import RunDirLocked, RunLock, check_unlocked
 from deqdist.train.evaluate import evaluate
 from deqdist.train.generate import generate, generate_batch
-from deqdist.train.metrics import MetricsSink, Progress, summary
+from deqdist.train.metrics import MetricsSink, Progress, finite_or_null, summary
 from deqdist.train.preempt import Preemption
 from deqdist.train.state import StateSpec, init_state, state_spec
 from deqdist.train.step import Steps
 
 LN2 = float(np.log(2.0))
+EXIT_BAD_STEPS = 4
 
 
 def _primary() -> bool:
@@ -70,16 +77,32 @@ class Session:
                                     create=self._create)
         return self.ckpt
 
-    def restore_latest(self, data_iter=None) -> tuple[Any, int | None]:
+    def scan_checkpoints(self) -> ckptlib.Scan:
+        """Verify the run's checkpoints (writes nothing); RunDirError if there are some but none is usable."""
+        directory = self.run_dir / rd.CHECKPOINTS
+        with _no_usable_checkpoint(directory):
+            scanned = ckptlib.scan(directory)
+            scanned.check(directory)
+        return scanned
+
+    def restore_latest(self, data_iter=None, scanned: ckptlib.Scan | None = None
+                       ) -> tuple[Any, int | None, list[int]]:
+        """(state, step, steps skipped as damaged) of the newest good checkpoint; (None, None, []) if none."""
         ck = self.open_checkpoints()
-        step = ck.latest_step()
-        if step is None:
-            return None, None
-        return ck.restore(step, self.spec.abstract_for_restore(), data_iter), step
+        with _no_usable_checkpoint(ck.directory):
+            return ck.restore_newest(self.spec.abstract_for_restore(), data_iter, scanned)
 
     def close(self) -> None:
         if self.ckpt is not None:
             self.ckpt.close()
+
+
+@contextlib.contextmanager
+def _no_usable_checkpoint(directory: Path):
+    try:
+        yield
+    except ckptlib.NoUsableCheckpoint as e:
+        raise rd.RunDirError(f"{e}; to start this run over, move {directory} aside") from None
 
 
 # ---------------------------------------------------------------------------
@@ -92,6 +115,7 @@ def run_train(config_path: str | None, run_dir: Path | None, overrides: Sequence
             raise rd.RunDirError("with several processes give --run-dir (a directory every host can reach)")
         run_dir = rd.default_run_dir(config_path)
     run_dir = Path(run_dir)
+    _locked_out(lambda: check_unlocked(run_dir) if _primary() else None)  # fail fast, before any work
     cfg, saved = rd.resolve_for_train(config_path, run_dir, overrides)
     cfg.data.per_host_batch(jax.process_count())  # DataError if not divisible
 
@@ -102,6 +126,7 @@ def run_train(config_path: str | None, run_dir: Path | None, overrides: Sequence
     data_it = train_iterator(corpus, cfg.data)
     eval_iterator(corpus, cfg.data, "valid")  # DataError now if the valid split is too short
     eval_iterator(corpus, cfg.data, "test", max_batches=cfg.train.test_batches)
+    scanned = session.scan_checkpoints()
     if jax.process_count() > 1:
         # Every host has looked at the run dir before any host writes to it.
         from jax.experimental import multihost_utils
@@ -109,13 +134,42 @@ def run_train(config_path: str | None, run_dir: Path | None, overrides: Sequence
         multihost_utils.sync_global_devices("deqdist: inputs validated")
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    state, start = session.restore_latest(data_it)
+    lock = _locked_out(lambda: RunLock(run_dir) if _primary() else None)
+    try:
+        return _start_and_train(session, run_dir, cfg, saved, corpus, data_it, stop_after, scanned)
+    finally:
+        session.close()
+        if lock is not None:
+            lock.close()
+
+
+def _locked_out(fn):
+    """fn() on process 0; on every process RunDirError if another trainer holds the run dir."""
+    err, out = None, None
+    try:
+        out = fn()
+    except RunDirLocked as e:
+        err = str(e)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        if int(multihost_utils.broadcast_one_to_all(np.int32(err is not None))):
+            err = err or "another trainer holds the run directory (see process 0)"
+    if err is not None:
+        raise rd.RunDirError(err)
+    return out
+
+
+def _start_and_train(session: Session, run_dir: Path, cfg: Config, saved: Config | None, corpus: Corpus, data_it,
+                     stop_after: int | None, scanned: ckptlib.Scan) -> int:
+    state, start, damaged = session.restore_latest(data_it, scanned)
+    session.ckpt.set_aside([s for s in damaged if start is None or s > start])
     resumed = start is not None
     if not resumed:
         state, start = init_state(cfg, session.spec), 0
     if _primary():
-        cfg.save(run_dir / rd.CONFIG)
-        (run_dir / rd.CORPUS).write_text(json.dumps(corpus.info(), indent=1) + "\n")
+        cfg.save(run_dir / rd.CONFIG)  # first file of a new run: a dir without it is restarted from scratch
+        rd.write_json(run_dir / rd.CORPUS, corpus.info())
         rd.append_runlog(run_dir, _run_entry(session, start, resumed, saved, cfg))
     n_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(session.spec.abstract["params"]))
     mesh_desc = " x ".join(f"{k}={v}" for k, v in session.mesh.shape.items())
@@ -125,10 +179,7 @@ def run_train(config_path: str | None, run_dir: Path | None, overrides: Sequence
          f"({corpus.sizes()['train']:,} train {'bytes' if corpus.kind == 'bytes' else 'tokens'})")
     if resumed:
         _say(f"resumed from checkpoint at step {start}")
-    try:
-        return _train_loop(session, state, start, corpus, data_it, stop_after)
-    finally:
-        session.close()
+    return _train_loop(session, state, start, corpus, data_it, stop_after)
 
 
 def _run_entry(session: Session, start: int, resumed: bool, saved: Config | None, cfg: Config) -> dict:
@@ -160,6 +211,7 @@ def _train_loop(session: Session, state, start: int, corpus: Corpus, data_it, st
     last_saved = start if start > 0 else None
     compiled: set = set()
     window: list = []
+    bad_run = 0  # consecutive rejected steps, up to the last logged step
     t_last, s_last = time.time(), step
     code = 0
     try:
@@ -182,12 +234,18 @@ def _train_loop(session: Session, state, start: int, corpus: Corpus, data_it, st
                 else:
                     state, m = fn(state, batch)
                 step += 1
-                window.append(m["loss"])
+                window.append((m["loss"], m.get("bad", 0.0)))
                 progress.step(step)
+                ckpt.poll()
                 if step % t.log_every == 0 or step == total:
                     m = {k: float(v) for k, v in jax.device_get(m).items()}
-                    m["loss"] = float(np.mean(jax.device_get(window)))
+                    losses, bad = (np.asarray(x, np.float64) for x in zip(*jax.device_get(window)))
                     window = []
+                    for b in bad:
+                        bad_run = bad_run + 1 if b else 0
+                    m["loss"] = float(np.mean(losses[bad == 0])) if (bad == 0).any() else float("nan")
+                    m.pop("bad", None)
+                    m["bad_steps"] = float(bad.sum())
                     if unit == "bpb":
                         m["bpb"] = m["loss"] / LN2
                     else:
@@ -199,6 +257,18 @@ def _train_loop(session: Session, state, start: int, corpus: Corpus, data_it, st
                     m["deq"] = 1.0 if mode == "deq" else 0.0
                     sink.write("train", step, m)
                     progress.log(step, m)
+                    if bad_run >= t.max_bad_steps:
+                        ckpt.wait()
+                        progress.close()
+                        kept = ckpt.latest_step()
+                        if primary:
+                            print(f"deqdist train: stopped at step {step} after {bad_run} consecutive steps with a "
+                                  f"non-finite loss, gradient or update or a diverged solve (parameters unchanged "
+                                  f"since step {step - bad_run}); last checkpoint: "
+                                  f"{'step ' + str(kept) if kept is not None else 'none'}; lower train.lr or "
+                                  f"raise solver.max_iter, then resume with: deqdist train --run-dir "
+                                  f"{session.run_dir}", file=sys.stderr, flush=True)
+                        return EXIT_BAD_STEPS
                 if t.eval_every and step % t.eval_every == 0 and step < total:
                     _eval_and_log(session, state, corpus, "valid", step, steps.mode_at(step - 1), sink, progress,
                                   cfg.data.eval_batches)
@@ -220,6 +290,7 @@ def _train_loop(session: Session, state, start: int, corpus: Corpus, data_it, st
                 return code
             if last_saved != step:
                 ckpt.save(step, state, data_it)
+            ckpt.wait()  # sealed before the final evaluation: a crash there resumes at the last step
             progress.close()
             if start >= total:
                 _say(f"run is already at step {start} = train.steps; nothing to train (raise train.steps to go on)")
@@ -263,7 +334,7 @@ def _finish(session: Session, state, corpus: Corpus, step: int, sink: MetricsSin
             _say(f"sample (temperature {lg.sample_temperature}, {lg.sample_tokens} bytes, prompt {lg.sample_prompt!r}):")
             _say("-" * 60 + "\n" + sample + "\n" + "-" * 60)
         results = {"step": step, "valid": res_valid, "test": res_test, "sample": sample, "corpus": corpus.info()}
-        (session.run_dir / rd.RESULTS).write_text(json.dumps(results, indent=1) + "\n")
+        rd.write_json(session.run_dir / rd.RESULTS, results)
     return 0
 
 
@@ -281,7 +352,11 @@ def _open_run(run_dir: Path, overrides: Sequence[str]) -> tuple[Session, Any, in
     if not ck_dir.is_dir():
         raise rd.RunDirError(f"{run_dir} has no checkpoints yet ({ck_dir} is missing)")
     session = Session(cfg, run_dir, create_checkpoints=False)
-    state, step = session.restore_latest()
+    try:
+        state, step, _ = session.restore_latest(scanned=session.scan_checkpoints())
+    except BaseException:
+        session.close()
+        raise
     if step is None:
         session.close()
         raise rd.RunDirError(f"{run_dir} has no complete checkpoint in {ck_dir}")
@@ -302,7 +377,7 @@ def run_eval(run_dir: Path, overrides: Sequence[str], *, splits: Sequence[str], 
             out[split] = res
             _say(f"step {step} {split} ({res['batches']} batches, {int(res['tokens']):,} tokens): "
                  f"{summary(res, ('loss', 'bpb', 'ppl', 'fwd_iters', 'fwd_hit_max'))}")
-        _say(json.dumps(out))
+        _say(json.dumps(finite_or_null(out), allow_nan=False))
     finally:
         session.close()
     return 0
@@ -312,8 +387,8 @@ def run_generate(run_dir: Path, overrides: Sequence[str], *, prompt: str | None,
                  tokens: int, temperature: float, seed: int, cache: bool = True) -> int:
     run_dir = Path(run_dir)
     cfg = rd.resolve_for_run(run_dir, overrides)
-    info_path = run_dir / rd.CORPUS
-    kind = json.loads(info_path.read_text()).get("kind", "bytes") if info_path.is_file() else "bytes"
+    info = rd.read_json(run_dir / rd.CORPUS, {})
+    kind = info.get("kind", "bytes") if isinstance(info, dict) else "bytes"
     if prompt_ids is None:
         if kind != "bytes":
             raise rd.RunDirError(f"{run_dir} was trained on tokenizer ids, not bytes; pass --prompt-ids 1,2,3")

@@ -1,7 +1,8 @@
 """Where metrics go: metrics.jsonl and TensorBoard (process 0 only), and the progress display.
 
 Each JSON line is {"kind": "train"|"valid"|"test", "step": int, "time": unix
-seconds, <metric>: float, ...}. TensorBoard scalars are "<kind>/<metric>".
+seconds, <metric>: float, ...}; a non-finite value is written as null (the
+file stays strict JSON) and each record is one whole line (one write call). TensorBoard scalars are "<kind>/<metric>".
 On resume both are cut back to the restored step: metrics.jsonl loses its
 lines for later steps (they were logged by the interrupted run and will be
 logged again), and the TensorBoard writer is opened with purge_step so
@@ -15,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping
+
+from deqdist.atomic import write_atomic
 
 
 class MetricsSink:
@@ -37,8 +40,9 @@ class MetricsSink:
     def write(self, kind: str, step: int, metrics: Mapping[str, Any]) -> None:
         if not self.enabled:
             return
-        clean = {k: _num(v) for k, v in metrics.items()}
-        self._fh.write(json.dumps({"kind": kind, "step": int(step), "time": round(time.time(), 3), **clean}) + "\n")
+        clean = {k: finite_or_null(_num(v)) for k, v in metrics.items()}
+        rec = {"kind": kind, "step": int(step), "time": round(time.time(), 3), **clean}
+        self._fh.write(json.dumps(rec, allow_nan=False) + "\n")
         if self._tb is not None:
             for k, v in clean.items():
                 if isinstance(v, (int, float)) and math.isfinite(v):
@@ -67,6 +71,17 @@ def _num(v):
     return int(f) if isinstance(v, int) else f
 
 
+def finite_or_null(obj: Any) -> Any:
+    """obj with every NaN / infinity (also nested in dicts and lists) replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(v) for v in obj]
+    return obj
+
+
 def _truncate_after(path: Path, step: int) -> None:
     keep = []
     for line in path.read_text().splitlines():
@@ -76,9 +91,7 @@ def _truncate_after(path: Path, step: int) -> None:
             continue  # a line cut by a hard kill
         if rec.get("step", 0) <= step and rec.get("kind") != "test":
             keep.append(line)
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(l + "\n" for l in keep))
-    tmp.replace(path)
+    write_atomic(path, "".join(l + "\n" for l in keep))
 
 
 def read_metrics(path: str | Path, kind: str | None = None) -> list[dict]:
@@ -96,7 +109,9 @@ def read_metrics(path: str | Path, kind: str | None = None) -> list[dict]:
 # ---------------------------------------------------------------------------
 # Progress display
 # ---------------------------------------------------------------------------
-def _fmt(v: float) -> str:
+def _fmt(v: float | None) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "nan"
     if isinstance(v, int) or (isinstance(v, float) and v.is_integer() and abs(v) < 1e6):
         return f"{int(v)}"
     if abs(v) >= 1e3 or (abs(v) < 1e-2 and v != 0):

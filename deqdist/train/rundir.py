@@ -9,6 +9,12 @@
       checkpoints/     orbax: <step>/state (params, AdamW, step, RNG) and <step>/data (iterator per process)
       results.json     final test metrics and the generated sample
       logs/            per-process logs of the launchers (launch/), and their .reachable token
+      train.lock       the live trainer's flock (host, pid)
+
+Every file is written atomically (deqdist.atomic) or appended in whole lines
+(metrics.jsonl), and config.yaml is the first file written: a directory
+without it holds at most a lock and temporaries of a run killed while
+starting, and is started again by the same command.
 
 Resolution: with --config FILE the file is the base; otherwise an existing run's
 config.yaml is (so `deqdist train --run-dir DIR train.steps=600` extends a run);
@@ -21,10 +27,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
+from deqdist.atomic import TMP_PREFIX, write_atomic
 from deqdist.config import Config, ConfigError, load_config, read_yaml, resolve, shape_conflicts
+from deqdist.train.lock import LOCK
+from deqdist.train.metrics import finite_or_null
 
 CONFIG = "config.yaml"
 CORPUS = "corpus.json"
@@ -60,9 +70,46 @@ def saved_config(run_dir: Path) -> Config | None:
     if not p.is_file():
         return None
     try:
+        if not read_yaml(p):
+            raise ConfigError("it is empty")
         return load_config(p)
     except ConfigError as e:
         raise RunDirError(f"{p} cannot be loaded ({e}); fix it or use a new --run-dir") from None
+
+
+def _only_start_up_leftovers(run_dir: Path) -> bool:
+    """True if run_dir holds nothing but what a run killed before writing config.yaml leaves."""
+    for p in run_dir.iterdir():
+        if p.name == LOCK or p.name.startswith(TMP_PREFIX) or p.name in LAUNCHER_ENTRIES:
+            continue
+        if p.name == CHECKPOINTS and p.is_dir() and not any(c.name.isdigit() for c in p.iterdir()):
+            continue
+        return False
+    return True
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    """A run-dir JSON file, or `default` if absent; RunDirError if it is damaged."""
+    if not path.is_file():
+        return default
+    try:
+        return json.loads(path.read_bytes())
+    except (ValueError, OSError) as e:
+        raise RunDirError(f"{path} is damaged ({type(e).__name__}); restore it from a backup or move it aside "
+                          f"(deqdist writes it afresh)") from None
+
+
+def check_writable(run_dir: Path) -> None:
+    """RunDirError unless run_dir (or the directory it would be created in) can be written."""
+    p = run_dir
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    for d in [p] + [run_dir / CHECKPOINTS] * (run_dir / CHECKPOINTS).is_dir():
+        if not d.is_dir():
+            raise RunDirError(f"--run-dir {run_dir}: {d} is not a directory")
+        if not os.access(d, os.W_OK | os.X_OK):
+            raise RunDirError(f"--run-dir {run_dir}: {d} is not writable; choose another --run-dir or fix its "
+                              f"permissions")
 
 
 def resolve_for_train(config_path: str | None, run_dir: Path, overrides: Sequence[str]) -> tuple[Config, Config | None]:
@@ -70,7 +117,7 @@ def resolve_for_train(config_path: str | None, run_dir: Path, overrides: Sequenc
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"--run-dir {run_dir} exists and is not a directory")
     saved = saved_config(run_dir)
-    if saved is None and run_dir.is_dir() and any(p.name not in LAUNCHER_ENTRIES for p in run_dir.iterdir()):
+    if saved is None and run_dir.is_dir() and not _only_start_up_leftovers(run_dir):
         raise RunDirError(
             f"--run-dir {run_dir} exists, is not empty and is not a deqdist run (no {CONFIG}); "
             f"choose a new or empty directory"
@@ -83,6 +130,8 @@ def resolve_for_train(config_path: str | None, run_dir: Path, overrides: Sequenc
         cfg = load_config(None, overrides)
     if saved is not None:
         check_compatible(saved, cfg, run_dir)
+        read_json(run_dir / RUNLOG)
+    check_writable(run_dir)
     return cfg, saved
 
 
@@ -108,10 +157,12 @@ def check_compatible(saved: Config, new: Config, run_dir: Path) -> None:
 
 
 def check_corpus(run_dir: Path, info: dict) -> None:
-    p = run_dir / CORPUS
-    if not p.is_file():
+    old = read_json(run_dir / CORPUS)
+    if old is None:
         return
-    old = json.loads(p.read_text())
+    if not isinstance(old, dict):
+        raise RunDirError(f"{run_dir / CORPUS} is damaged (not a JSON object); move it aside (deqdist writes it "
+                          f"afresh)")
     same_hash = old.get("sha256") and info.get("sha256") and old["sha256"] == info["sha256"]
     if old.get("sha256") and info.get("sha256") and not same_hash:
         raise RunDirError(
@@ -126,7 +177,12 @@ def check_corpus(run_dir: Path, info: dict) -> None:
 
 
 def append_runlog(run_dir: Path, entry: dict) -> None:
-    p = run_dir / RUNLOG
-    log = json.loads(p.read_text()) if p.is_file() else []
-    log.append(entry)
-    p.write_text(json.dumps(log, indent=1) + "\n")
+    log = read_json(run_dir / RUNLOG, [])
+    log = (log if isinstance(log, list) else []) + [entry]
+    write_atomic(run_dir / RUNLOG, json.dumps(log, indent=1) + "\n")
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Atomically; non-finite floats become null (strict JSON)."""
+    write_atomic(path, json.dumps(finite_or_null(obj), indent=1, allow_nan=False) + "\n")
+

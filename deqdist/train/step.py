@@ -10,6 +10,12 @@ All variants take and return the same state layout, so switching costs one compi
 
 The backward solve's stats arrive as the gradient of a zero "sink"
 (deqdist.deq.backward_sink) differentiated alongside the parameters.
+
+The finite-step guard: a step whose loss, gradients or update are not finite,
+or whose forward solve diverged for more than train.max_diverged_frac of the
+samples, keeps the old parameters and optimizer state. The choice is a select
+inside the compiled step (no host round-trip); the step counter still advances
+(the batch is skipped) and the metric "bad" says which steps were rejected.
 """
 from __future__ import annotations
 
@@ -50,8 +56,10 @@ def _replica_metrics(prefix: str, loop_iters) -> dict[str, jax.Array]:
 class Steps:
     """Builds and caches the compiled steps for one mesh / config."""
 
-    def __init__(self, cfg: Config, spec: StateSpec, batch_sharding, solve: Callable, unroll: Callable):
+    def __init__(self, cfg: Config, spec: StateSpec, batch_sharding, solve: Callable, unroll: Callable, *,
+                 guard: bool = True):
         self.cfg, self.spec = cfg, spec
+        self.guard = guard  # off only to measure what the guard costs (deqdist bench integrity)
         self.batch_sharding = batch_sharding
         self.solve, self.unroll = solve, unroll
         self._train: dict[tuple[str, bool], Callable] = {}
@@ -88,6 +96,7 @@ class Steps:
         tx, schedule = spec.tx, spec.schedule
         fwd_max, bwd_max = cfg.solver.fwd.max_iter, cfg.solver.bwd.max_iter
         jac_w = cfg.model.jac_reg_weight
+        max_div = cfg.train.max_diverged_frac
         deterministic = cfg.model.dropout == 0 and cfg.model.emb_dropout == 0
 
         def step_fn(state, batch):
@@ -108,7 +117,15 @@ class Steps:
                 grads, (loss, aux) = jax.grad(loss_fn, has_aux=True)(state["params"], None)
             updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
             params = optax.apply_updates(state["params"], updates)
-            metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(state["step"])}
+            grad_norm = optax.global_norm(grads)
+            metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state["step"])}
+            if self.guard:
+                ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.global_norm(updates))
+                if mode == "deq":
+                    ok &= jnp.mean(aux["fwd_stats"].diverged.astype(jnp.float32)) <= max_div
+                params, opt_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old),
+                                                 (params, opt_state), (state["params"], state["opt_state"]))
+                metrics["bad"] = (~ok).astype(jnp.float32)
             if mode == "deq":
                 st = aux["fwd_stats"]
                 metrics.update(_solver_metrics("fwd", st.nstep, st.rel_residual, fwd_max, st.converged))

@@ -40,5 +40,5 @@ def start_cli(jax_cache):
 def reference_run(tmp_path_factory, run_cli):
     """The uninterrupted run on the (2,1,4) mesh: (run_dir, completed process)."""
     run_dir = tmp_path_factory.mktemp("ref") / "run"
-    p = run_cli("train", "--run-dir", run_dir, *SMALL, *MESH_2_1_4)
+    p = run_cli("train", "--run-dir", run_dir, *SMALL, *MESH_2_1_4, timeout=900)  # compiles on a loaded machine
     return run_dir, p

@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from deqdist.train.checkpoint import MANIFEST
+
 ROOT = Path(__file__).resolve().parents[2]
 
 STEPS = 24
@@ -75,5 +77,7 @@ def wait_for(pred, proc: subprocess.Popen, timeout: float = 240, what: str = "co
 
 
 def checkpoint_steps(run_dir: Path) -> list[int]:
+    """Steps of the sealed (finished and checksummed) checkpoints."""
     d = Path(run_dir) / "checkpoints"
-    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
+    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit() and (p / MANIFEST).is_file()) \
+        if d.is_dir() else []
