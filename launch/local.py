@@ -163,9 +163,10 @@ def dry_run(p: dict) -> None:
 
 
 def newest_checkpoint(run_dir: str) -> str:
-    # orbax moves a step's directory into place only once it is complete
+    # Sealed checkpoints only: deqdist writes this checksum manifest once a save is whole.
     d = Path(run_dir) / "checkpoints"
-    steps = [int(p.name) for p in d.iterdir() if p.name.isdigit()] if d.is_dir() else []
+    steps = [int(p.name) for p in d.iterdir() if p.name.isdigit() and (p / "deqdist.sha256.json").is_file()] \
+        if d.is_dir() else []
     return f"newest complete checkpoint: step {max(steps)} in {d}" if steps else f"no checkpoint in {d} yet"
 
 

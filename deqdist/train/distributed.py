@@ -191,9 +191,11 @@ class PeerWatch(threading.Thread):
 
 
 def newest_checkpoint(run_dir: Path) -> int | None:
-    """Highest finished step in RUN_DIR/checkpoints (orbax renames a step's directory into place when done)."""
+    """Highest sealed step in RUN_DIR/checkpoints (sealed: saved whole and checksummed, see checkpoint.py)."""
+    from deqdist.train.checkpoint import is_sealed
+
     d = Path(run_dir) / "checkpoints"
-    steps = [int(p.name) for p in d.iterdir() if p.name.isdigit() and p.is_dir()] if d.is_dir() else []
+    steps = [int(p.name) for p in d.iterdir() if p.name.isdigit() and is_sealed(p)] if d.is_dir() else []
     return max(steps, default=None)
 
 
