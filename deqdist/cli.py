@@ -4,7 +4,7 @@
     deqdist eval RUN_DIR [--split valid|test|both] [--batches N] [key=value ...]
     deqdist generate RUN_DIR [--prompt TEXT | --prompt-ids 1,2,3] [--tokens N] [--temperature T] [key=value ...]
     deqdist config [--config FILE] [key=value ...]       print the resolved config
-    deqdist bench solvers|model|parallel [--repeats N] [--preset NAME] [--batch N]
+    deqdist bench solvers|model|parallel|lm [--repeats N] [--preset NAME] [--batch N] [--steps N] [--run-dir DIR]
 
 Bad input (unknown key, wrong type, bad mesh sizes, missing data, a run
 directory that does not fit) prints one line on stderr and exits with 2;
@@ -21,7 +21,7 @@ import os
 import sys
 
 COMMANDS = ("train", "eval", "generate", "config", "bench")
-BENCHES = ("solvers", "model", "parallel")
+BENCHES = ("solvers", "model", "parallel", "lm")
 
 
 class UsageError(Exception):
@@ -88,11 +88,14 @@ def build_parsers() -> dict[str, argparse.ArgumentParser]:
     p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
     ps["config"] = p
 
-    p = _Parser(prog="deqdist bench", description="Benchmarks: solvers | model | parallel.")
+    p = _Parser(prog="deqdist bench", description="Benchmarks: solvers | model | parallel | lm.")
     p.add_argument("what", choices=BENCHES)
     p.add_argument("--repeats", type=int, help="timing repeats (solvers, model)")
     p.add_argument("--preset", choices=["tiny", "small", "medium"], help="model preset (model, parallel)")
     p.add_argument("--batch", type=int, help="batch size (model, parallel)")
+    p.add_argument("--steps", type=int, help="training steps of each model (lm; default: the preset's)")
+    p.add_argument("--run-dir", metavar="DIR", help="lm: keep the two runs in DIR/deq and DIR/explicit; "
+                   "model: measure at this run's latest checkpoint instead of at initialisation")
     ps["bench"] = p
     return ps
 
@@ -106,7 +109,7 @@ def _top_help() -> str:
         "  eval       valid/test metrics of a run's latest checkpoint\n"
         "  generate   sample text from a run's latest checkpoint\n"
         "  config     print the resolved config\n"
-        "  bench      benchmarks: solvers | model | parallel\n"
+        "  bench      benchmarks: solvers | model | parallel | lm\n"
     )
 
 
@@ -170,12 +173,14 @@ def _bench(args) -> int:
     mod = importlib.import_module(name)
     accepted = inspect.signature(mod.run).parameters
     kwargs = {}
-    for k in ("repeats", "preset", "batch"):
+    for k in ("repeats", "preset", "batch", "steps", "run_dir"):
         v = getattr(args, k)
         if v is None:
             continue
         if k not in accepted:
-            raise UsageError(f"`deqdist bench {args.what}` takes no --{k}")
+            raise UsageError(f"`deqdist bench {args.what}` takes no --{k.replace('_', '-')}")
+        if k in ("repeats", "batch", "steps") and v < 1:
+            raise UsageError(f"--{k} must be a positive integer, got {v}")
         kwargs[k] = v
     print(mod.run(**kwargs))
     return 0

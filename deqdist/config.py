@@ -73,12 +73,13 @@ class TrainConfig:
     warmup_explicit_steps: int = 50  # first N steps train the explicit twin (model.n_unroll steps of f)
     eval_every: int = 100  # validation every N steps (0: only at the end)
     log_every: int = 10  # metrics every N steps
+    spectral_every: int = 100  # log the spectral radius of J_f at z* every N steps and at the end (0: never)
     test_batches: int | None = 200  # final test evaluation (null: the whole test split)
     seed: int = 0  # parameter init and dropout
 
     def validate(self) -> "TrainConfig":
         _positive(self, "train", "steps", "log_every")
-        _non_negative(self, "train", "warmup_steps", "warmup_explicit_steps", "eval_every")
+        _non_negative(self, "train", "warmup_steps", "warmup_explicit_steps", "eval_every", "spectral_every")
         if not self.lr > 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr!r}")
         if self.schedule not in SCHEDULES:
@@ -389,8 +390,12 @@ def read_yaml(path: str | Path) -> dict:
     return d
 
 
+# The preset YAML files (configs/NAME.yaml next to the package).
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
 def _presets_hint() -> str:
-    here = Path(__file__).resolve().parent.parent / "configs"
+    here = PRESETS_DIR
     names = sorted(p.name for p in here.glob("*.yaml")) if here.is_dir() else []
     return f"; presets in {here}: {', '.join(names)}" if names else ""
 

@@ -183,6 +183,13 @@ def _train_loop(session: Session, state, start: int, corpus: Corpus, data_it, st
                 step += 1
                 window.append(m["loss"])
                 progress.step(step)
+                spectral = None
+                if t.spectral_every and (step % t.spectral_every == 0 or step == total):
+                    # On the batch just trained on, at the updated parameters.
+                    spectral = {k: float(v) for k, v in
+                                jax.device_get(steps.spectral_step()(state["params"], batch)).items()}
+                if spectral is not None:
+                    sink.write("spectral", step, spectral)
                 if step % t.log_every == 0 or step == total:
                     m = {k: float(v) for k, v in jax.device_get(m).items()}
                     m["loss"] = float(np.mean(jax.device_get(window)))
@@ -197,7 +204,7 @@ def _train_loop(session: Session, state, start: int, corpus: Corpus, data_it, st
                     t_last, s_last = now, step
                     m["deq"] = 1.0 if mode == "deq" else 0.0
                     sink.write("train", step, m)
-                    progress.log(step, m)
+                    progress.log(step, {**m, **(spectral or {})})
                 if t.eval_every and step % t.eval_every == 0 and step < total:
                     _eval_and_log(session, state, corpus, "valid", step, steps.mode_at(step - 1), sink, progress,
                                   cfg.data.eval_batches)
@@ -243,8 +250,10 @@ def _eval_and_log(session: Session, state, corpus: Corpus, split: str, step: int
 
 def _finish(session: Session, state, corpus: Corpus, step: int, sink: MetricsSink) -> int:
     cfg = session.cfg
-    res_valid = _eval_and_log(session, state, corpus, "valid", step, "deq", sink, _Printer(), cfg.data.eval_batches)
-    res_test = _eval_and_log(session, state, corpus, "test", step, "deq", sink, _Printer(), cfg.train.test_batches)
+    # The model that was trained: the explicit twin when the warm-up spans the whole run.
+    mode = session.steps.mode_at(step - 1) if step > 0 else "deq"
+    res_valid = _eval_and_log(session, state, corpus, "valid", step, mode, sink, _Printer(), cfg.data.eval_batches)
+    res_test = _eval_and_log(session, state, corpus, "test", step, mode, sink, _Printer(), cfg.train.test_batches)
     lg = cfg.logging
     sample = None
     if lg.sample_tokens > 0 and corpus.kind == "bytes":
@@ -274,7 +283,8 @@ class _Printer(Progress):
 # ---------------------------------------------------------------------------
 # deqdist eval / generate
 # ---------------------------------------------------------------------------
-def _open_run(run_dir: Path, overrides: Sequence[str]) -> tuple[Session, Any, int]:
+def open_run(run_dir: Path, overrides: Sequence[str]) -> tuple[Session, Any, int]:
+    """(session, restored state, step) of a run directory's newest checkpoint (RunDirError if none)."""
     cfg = rd.resolve_for_run(run_dir, overrides)
     ck_dir = run_dir / rd.CHECKPOINTS
     if not ck_dir.is_dir():
@@ -292,7 +302,7 @@ def run_eval(run_dir: Path, overrides: Sequence[str], *, splits: Sequence[str], 
     cfg = rd.resolve_for_run(run_dir, overrides)
     corpus = load_data(cfg)
     rd.check_corpus(run_dir, corpus.info())
-    session, state, step = _open_run(run_dir, overrides)
+    session, state, step = open_run(run_dir, overrides)
     try:
         out = {"step": step}
         for split in splits:
@@ -323,7 +333,7 @@ def run_generate(run_dir: Path, overrides: Sequence[str], *, prompt: str | None,
     bad = [i for i in prompt_ids if not 0 <= i < cfg.model.vocab_size]
     if bad:
         raise rd.RunDirError(f"prompt ids {bad[:5]} are outside [0, model.vocab_size={cfg.model.vocab_size})")
-    session, state, step = _open_run(run_dir, overrides)
+    session, state, step = open_run(run_dir, overrides)
     try:
         ids = generate(session.spec, cfg, state["params"], prompt_ids, tokens, temperature=temperature, seed=seed)
     finally:
