@@ -4,7 +4,7 @@
     deqdist eval RUN_DIR [--split valid|test|both] [--batches N] [key=value ...]
     deqdist generate RUN_DIR [--prompt TEXT | --prompt-ids 1,2,3] [--tokens N] [--temperature T] [key=value ...]
     deqdist config [--config FILE] [key=value ...]       print the resolved config
-    deqdist bench solvers|model|parallel|lm [--repeats N] [--preset NAME] [--batch N] [--steps N] [--run-dir DIR]
+    deqdist bench solvers|model|parallel|lm [--repeats N] [--preset NAME] [--batch N] [--steps N] [--run-dir DIR] [key=value ...]
 
 Bad input (unknown key, wrong type, bad mesh sizes, missing data, a run
 directory that does not fit) prints one line on stderr and exits with 2;
@@ -91,11 +91,12 @@ def build_parsers() -> dict[str, argparse.ArgumentParser]:
     p = _Parser(prog="deqdist bench", description="Benchmarks: solvers | model | parallel | lm.")
     p.add_argument("what", choices=BENCHES)
     p.add_argument("--repeats", type=int, help="timing repeats (solvers, model)")
-    p.add_argument("--preset", choices=["tiny", "small", "medium"], help="model preset (model, parallel)")
+    p.add_argument("--preset", choices=["tiny", "small", "medium"], help="model preset (model, parallel, lm)")
     p.add_argument("--batch", type=int, help="batch size (model, parallel)")
     p.add_argument("--steps", type=int, help="training steps of each model (lm; default: the preset's)")
     p.add_argument("--run-dir", metavar="DIR", help="lm: keep the two runs in DIR/deq and DIR/explicit; "
                    "model: measure at this run's latest checkpoint instead of at initialisation")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="lm: " + OVERRIDES_HELP + " (both runs)")
     ps["bench"] = p
     return ps
 
@@ -182,6 +183,10 @@ def _bench(args) -> int:
         if k in ("repeats", "batch", "steps") and v < 1:
             raise UsageError(f"--{k} must be a positive integer, got {v}")
         kwargs[k] = v
+    if args.overrides:
+        if "overrides" not in accepted:
+            raise UsageError(f"`deqdist bench {args.what}` takes no key=value overrides")
+        kwargs["overrides"] = args.overrides
     print(mod.run(**kwargs))
     return 0
 

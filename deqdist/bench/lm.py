@@ -19,6 +19,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -92,8 +93,10 @@ def report(deq: dict, twin: dict, *, preset: str, steps: int, warmup: int, n_unr
             f"{int(deq['test_bytes']):,} bytes read\n\n" + table(head, rows) + "\n\n" + "\n".join(goals) + "\n")
 
 
-def run(preset: str = "tiny", steps: int | None = None, run_dir: str | None = None) -> str:
-    """Train the DEQ and its twin (`steps` each, default the preset's) and compare them.
+def run(preset: str = "tiny", steps: int | None = None, run_dir: str | None = None,
+        overrides: Sequence[str] = ()) -> str:
+    """Train the DEQ and its twin (`steps` each, default the preset's) and compare them;
+    `overrides` (dotted key=value) apply to both runs.
 
     Both run directories are kept under `run_dir` (deq/, explicit/) when given,
     e.g. for `deqdist bench model --run-dir RUN_DIR/deq`; else a temporary one.
@@ -101,12 +104,13 @@ def run(preset: str = "tiny", steps: int | None = None, run_dir: str | None = No
     from ..train.loop import run_train
 
     cfg_path = PRESETS_DIR / f"{preset}.yaml"
-    cfg = load_config(cfg_path, [f"train.steps={steps}"] if steps is not None else [])
+    overrides = list(overrides) + ([f"train.steps={steps}"] if steps is not None else [])
+    cfg = load_config(cfg_path, overrides)
     steps = cfg.train.steps
     if steps <= cfg.train.warmup_explicit_steps:
         raise ConfigError(f"--steps {steps} leaves no DEQ steps after the {cfg.train.warmup_explicit_steps}-step "
                           f"explicit warm-up of {preset}; give more steps")
-    common = [f"train.steps={steps}", "train.log_every=1", "logging.progress=off", "logging.tensorboard=false",
+    common = overrides + [f"train.steps={steps}", "train.log_every=1", "logging.progress=off", "logging.tensorboard=false",
               "logging.sample_tokens=0", "checkpoint.every=0"]
     twin = [f"train.warmup_explicit_steps={steps}"]
     with tempfile.TemporaryDirectory(prefix="deqdist-bench-lm-") as tmp:

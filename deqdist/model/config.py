@@ -198,7 +198,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "medium": dict(
         vocab_size=32768, d_model=768, n_heads=12, d_mlp=30720, seq_len=512,
         dropout=0.1, emb_dropout=0.1, tie_embeddings=False, weight_norm=True,
-        n_unroll=12, jac_reg_every=1, jac_reg_weight=2.0,
+        n_unroll=12, jac_reg_every=1, jac_reg_weight=2.0, jac_reg_target=0.1,
         dtype="bfloat16", param_dtype="float32",
     ),
 }
