@@ -197,14 +197,18 @@ def run(method: Method, f: Callable[[jax.Array], jax.Array], z0: jax.Array, cfg:
     def f_flat(zf):
         return f(zf.reshape(shape).astype(dtype)).reshape(batch, -1).astype(acc)
 
-    def residual(z, fz):
-        fz = jnp.where(jnp.isfinite(fz), fz, jnp.inf)  # any non-finite value => infinite residual
-        r = red.norm(fz - z)
-        return jnp.where(jnp.isnan(r), jnp.inf, r)
-
     z_start = z0.reshape(batch, -1).astype(acc)
+
+    def measure(z, fz):
+        """(|f(z) - z|, |z - z0|) per sample, both through one reduction."""
+        fz = jnp.where(jnp.isfinite(fz), fz, jnp.inf)  # any non-finite value => infinite residual
+        d = z - z_start
+        r2, d2 = red.psum(jnp.stack([jnp.sum((fz - z) ** 2, axis=1), jnp.sum(d * d, axis=1)]))
+        r = jnp.sqrt(r2)
+        return jnp.where(jnp.isnan(r), jnp.inf, r), jnp.sqrt(d2)
+
     fz = f_flat(z_start)
-    r0 = residual(z_start, fz)
+    r0, _ = measure(z_start, fz)
     s_ref = r0 if scale is None else jnp.maximum(r0, scale.astype(acc))
     tol_r = cfg.tol * (s_ref if cfg.stop_mode == "rel" else jnp.ones_like(s_ref))
     max_reach = 1.0 / (4.0 * float(jnp.finfo(dtype).eps))
@@ -215,10 +219,9 @@ def run(method: Method, f: Callable[[jax.Array], jax.Array], z0: jax.Array, cfg:
     def relative(r):
         return jnp.where(r == 0, 0.0, r / s_ref)
 
-    def ran_away(z, r_best):
+    def ran_away(dist, r_best):
         fall = jnp.clip(1.0 - relative(r_best), 0.0, 1.0)
-        reach = jnp.minimum(REACH + cfg.divergence * fall, max_reach) * s_ref
-        return red.norm(z - z_start) > reach
+        return dist > jnp.minimum(REACH + cfg.divergence * fall, max_reach) * s_ref
 
     # Fresh arrays are built "like" existing ones so that, inside shard_map, they carry the
     # same varying-axes type as the values the loop writes into them.
@@ -238,9 +241,9 @@ def run(method: Method, f: Callable[[jax.Array], jax.Array], z0: jax.Array, cfg:
         z_next = _mask(s.active, z_next, s.z)
         fz_next = f_flat(z_next)
         fz_next = _mask(s.active, fz_next, s.fz)
-        r = residual(z_next, fz_next)
+        r, dist = measure(z_next, fz_next)
         blown = s.active & (~jnp.isfinite(r) | (r > cfg.divergence * s_ref)
-                            | ran_away(z_next, jnp.minimum(r, s.best_r)))
+                            | ran_away(dist, jnp.minimum(r, s.best_r)))
         better = s.active & ~blown & (r < s.best_r)
         trace = s.trace
         if trace is not None:

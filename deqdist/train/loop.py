@@ -21,7 +21,7 @@ from deqdist.data import Corpus, DataError, eval_iterator, load_corpus, to_globa
 from deqdist.train import mesh as meshlib
 from deqdist.train import rundir as rd
 from deqdist.train.checkpoint import Checkpoints
-from deqdist.train.evaluate import evaluate
+from deqdist.train.evaluate import coverage, evaluate
 from deqdist.train.generate import generate
 from deqdist.train.metrics import MetricsSink, Progress, summary
 from deqdist.train.preempt import Preemption
@@ -244,7 +244,8 @@ def _eval_and_log(session: Session, state, corpus: Corpus, split: str, step: int
     res["seconds"] = time.time() - t0
     res["deq"] = 1.0 if mode == "deq" else 0.0
     sink.write(split, step, res)
-    progress.write(f"step {step} {split} ({mode}, {res['batches']} batches): {summary(res, ('loss', 'bpb', 'ppl', 'fwd_iters', 'fwd_hit_max'))}")
+    progress.write(f"step {step} {split} ({mode}, {res['batches']} batches, {coverage(res)}): "
+                   f"{summary(res, ('loss', 'bpb', 'ppl', 'fwd_iters', 'fwd_hit_max'))}")
     return res
 
 
@@ -263,10 +264,12 @@ def _finish(session: Session, state, corpus: Corpus, step: int, sink: MetricsSin
     if _primary():
         if corpus.kind == "bytes":
             _say(f"test bits/byte: {res_test['bpb']:.4f} (loss {res_test['loss']:.4f} nats/byte over "
-                 f"{int(res_test['tokens']):,} bytes; valid {res_valid['bpb']:.4f})")
+                 f"{int(res_test['tokens']):,} bytes, {coverage(res_test)} of the test split; "
+                 f"valid {res_valid['bpb']:.4f})")
         else:
             _say(f"test perplexity: {res_test['ppl']:.2f} (loss {res_test['loss']:.4f} nats/token over "
-                 f"{int(res_test['tokens']):,} tokens; valid {res_valid['ppl']:.2f})")
+                 f"{int(res_test['tokens']):,} tokens, {coverage(res_test)} of the test split; "
+                 f"valid {res_valid['ppl']:.2f})")
         if sample is not None:
             _say(f"sample (temperature {lg.sample_temperature}, {lg.sample_tokens} bytes, prompt {lg.sample_prompt!r}):")
             _say("-" * 60 + "\n" + sample + "\n" + "-" * 60)
@@ -309,7 +312,7 @@ def run_eval(run_dir: Path, overrides: Sequence[str], *, splits: Sequence[str], 
             mb = batches if batches is not None else (cfg.data.eval_batches if split == "valid" else cfg.train.test_batches)
             res = evaluate(session.steps, state["params"], corpus, cfg, split, mode="deq", max_batches=mb)
             out[split] = res
-            _say(f"step {step} {split} ({res['batches']} batches, {int(res['tokens']):,} tokens): "
+            _say(f"step {step} {split} ({res['batches']} batches, {int(res['tokens']):,} tokens, {coverage(res)}): "
                  f"{summary(res, ('loss', 'bpb', 'ppl', 'fwd_iters', 'fwd_hit_max'))}")
         _say(json.dumps(out))
     finally:
