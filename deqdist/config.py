@@ -60,7 +60,7 @@ class TrainConfig:
     number of eval batches is `data.eval_batches`.
     """
 
-    steps: int = 400  # optimizer steps of the whole run (resume continues to this)
+    steps: int = 600  # optimizer steps of the whole run (resume continues to this)
     lr: float = 3e-3  # peak learning rate (AdamW)
     warmup_steps: int = 30  # linear warm-up from 0 to lr
     schedule: str = "cosine"  # after warm-up: cosine | linear | constant
@@ -71,7 +71,7 @@ class TrainConfig:
     eps: float = 1e-8
     clip_norm: float = 1.0  # global gradient-norm clip; 0 turns it off
     warmup_explicit_steps: int = 50  # first N steps train the explicit twin (model.n_unroll steps of f)
-    eval_every: int = 100  # validation every N steps (0: only at the end)
+    eval_every: int = 200  # validation every N steps (0: only at the end)
     log_every: int = 10  # metrics every N steps
     spectral_every: int = 100  # log the spectral radius of J_f at z* every N steps and at the end (0: never)
     test_batches: int | None = 200  # final test evaluation (null: the whole test split)

@@ -24,6 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from ..config import PRESETS_DIR, ConfigError, load_config
+from ..train.evaluate import coverage
 from .common import table
 
 # Steps right after the warm-up that define the "start" iterations.
@@ -45,7 +46,8 @@ def summarize(recs: list[dict], results: dict, *, steps: int, warmup: int, wall_
     spectral = [r for r in sorted((r for r in recs if r["kind"] == "spectral"), key=lambda r: r["step"])
                 if r["step"] > warmup]
     test = results["test"]
-    out = {"test_bpb": test["bpb"], "test_bytes": test["tokens"], "wall_s": wall_s, "end_window": end,
+    out = {"test_bpb": test["bpb"], "test_read": coverage(test) if "split_windows" in test else None,
+           "test_bytes": test["tokens"], "wall_s": wall_s, "end_window": end,
            "test_fwd_iters": test.get("fwd_iters"), "test_hit_max": test.get("fwd_hit_max")}
     if deq:
         first, last = deq[:START_WINDOW], [r for r in deq if r["step"] > steps - end]
@@ -89,8 +91,9 @@ def report(deq: dict, twin: dict, *, preset: str, steps: int, warmup: int, n_unr
         worst = deq["hit_max_end_worst"]
         goals.append(f"- samples at max_iter in any batch of the last {end} steps: worst {worst:.1%} "
                      f"(goal <= 1%) -> {'met' if worst <= 0.01 else 'MISSED'}")
-    return (f"### `{preset}`, {steps} steps ({warmup} explicit warm-up), test split: "
-            f"{int(deq['test_bytes']):,} bytes read\n\n" + table(head, rows) + "\n\n" + "\n".join(goals) + "\n")
+    read = f"{int(deq['test_bytes']):,} bytes" + (f", {deq['test_read']}" if deq.get("test_read") else "")
+    return (f"### `{preset}`, {steps} steps ({warmup} explicit warm-up), test split: {read}\n\n"
+            + table(head, rows) + "\n\n" + "\n".join(goals) + "\n")
 
 
 def run(preset: str = "tiny", steps: int | None = None, run_dir: str | None = None,
