@@ -5,7 +5,7 @@
     deqdist generate RUN_DIR [--prompt TEXT | --prompt-ids 1,2,3] [--tokens N] [--temperature T] [--no-cache] [key=value ...]
     deqdist config [--config FILE] [key=value ...]       print the resolved config
     deqdist info [--config FILE] [--run-dir DIR] [--json] [key=value ...]   versions, devices, the mesh
-    deqdist bench solvers|model|parallel|generate|integrity [--repeats N] [--preset NAME] [--batch N] [--run-dir DIR]
+    deqdist bench solvers|model|parallel|generate|integrity|lm [--repeats N] [--preset NAME] [--batch N] [--steps N] [--run-dir DIR] [key=value ...]
 
 Bad input (unknown key, wrong type, bad mesh sizes, missing data, a run
 directory that does not fit) prints one line on stderr and exits with 2;
@@ -24,7 +24,7 @@ import os
 import sys
 
 COMMANDS = ("train", "eval", "generate", "config", "info", "bench")
-BENCHES = ("solvers", "model", "parallel", "generate", "integrity")
+BENCHES = ("solvers", "model", "parallel", "generate", "integrity", "lm")
 
 
 class UsageError(Exception):
@@ -105,13 +105,15 @@ def build_parsers() -> dict[str, argparse.ArgumentParser]:
     ps["info"] = p
 
     p = _Parser(prog="deqdist bench", description="Benchmarks: solvers | model | parallel | generate | integrity "
-                "(cost of the finite-step guard and checkpoint checksums).")
+                "(cost of the finite-step guard and checkpoint checksums) | lm (DEQ vs explicit twin, trained).")
     p.add_argument("what", choices=BENCHES)
     p.add_argument("--repeats", type=int, help="timing repeats (solvers, model, parallel, integrity)")
-    p.add_argument("--preset", choices=["tiny", "small", "medium"], help="model preset (model, parallel, integrity)")
+    p.add_argument("--preset", choices=["tiny", "small", "medium"], help="model preset (model, parallel, integrity, lm)")
     p.add_argument("--batch", type=int, help="batch size (model, parallel, integrity)")
-    p.add_argument("--run-dir", metavar="DIR", help="use a run's latest checkpoint: its trained parameters (generate) "
-                   "or a batch drawn through it (parallel)")
+    p.add_argument("--steps", type=int, help="training steps of each model (lm; default: the preset's)")
+    p.add_argument("--run-dir", metavar="DIR", help="a run's latest checkpoint: trained parameters (generate, "
+                   "model), a batch drawn through it (parallel); lm: keep the two runs in DIR/deq and DIR/explicit")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="lm: " + OVERRIDES_HELP + " (both runs)")
     ps["bench"] = p
     return ps
 
@@ -126,7 +128,7 @@ def _top_help() -> str:
         "  generate   sample text from a run's latest checkpoint\n"
         "  config     print the resolved config\n"
         "  info       versions, devices, processes and the mesh a config would build here\n"
-        "  bench      benchmarks: solvers | model | parallel | generate | integrity\n"
+        "  bench      benchmarks: solvers | model | parallel | generate | integrity | lm\n"
     )
 
 
@@ -226,7 +228,7 @@ def _bench(args) -> int:
     mod = importlib.import_module(name)
     accepted = inspect.signature(mod.run).parameters
     kwargs = {}
-    for k in ("repeats", "preset", "batch", "run_dir"):
+    for k in ("repeats", "preset", "batch", "steps", "run_dir"):
         v = getattr(args, k)
         if v is None:
             continue
@@ -235,6 +237,10 @@ def _bench(args) -> int:
         if k not in accepted:
             raise UsageError(f"`deqdist bench {args.what}` takes no --{k.replace('_', '-')}")
         kwargs[k] = v
+    if args.overrides:
+        if "overrides" not in accepted:
+            raise UsageError(f"`deqdist bench {args.what}` takes no key=value overrides")
+        kwargs["overrides"] = args.overrides
     print(mod.run(**kwargs))
     return 0
 

@@ -73,7 +73,8 @@ def _deq_bwd(f, cfg: DEQConfig, red: SampleReduce, res, cts):
     dz = cts[0]
     if cfg.grad == "implicit":
         _, vjp_z = jax.vjp(lambda z: f(params, z, x), z)
-        g, st = solve(lambda g: vjp_z(g)[0] + dz, dz, cfg.bwd, red)
+        # The adjoint map is affine, g -> g J + dz: |dz| is its scale (|b|), whatever J is.
+        g, st = solve(lambda g: vjp_z(g)[0] + dz, dz, cfg.bwd, red, scale=red.norm(dz))
         sink_ct = {"nstep": st.nstep, "abs_residual": st.abs_residual,
                    "rel_residual": st.rel_residual, "converged": st.converged, "loop_iters": st.loop_iters}
         _, vjp_px = jax.vjp(lambda p, x: f(p, z, x), params, x)

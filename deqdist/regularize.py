@@ -44,3 +44,14 @@ def spectral_radius(fz: Callable[[jax.Array], jax.Array], z: jax.Array, key: jax
 
     _, rho = jax.lax.fori_loop(0, n_iter, body, (v, jnp.zeros_like(reduce.norm(v))))
     return jax.lax.stop_gradient(rho)
+
+
+def jacobian_penalty(jac_per_dim: jax.Array, weight: float, target: float = 0.0) -> jax.Array:
+    """The loss term weight * max(J - target, 0) of a normalised Jacobian estimate J.
+
+    J = ||J_f(z*)||_F^2 / dim (e.g. `hutchinson_jac_fro2` / (S*D)). With target 0 it is the
+    plain penalty of Bai et al. (2021); a positive target is a hinge that leaves the
+    Jacobian free below it and holds it there, instead of pulling it toward 0 all
+    the time (which costs quality while the model is still far from it).
+    """
+    return weight * jnp.maximum(jac_per_dim - target, 0.0)

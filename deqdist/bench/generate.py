@@ -61,9 +61,9 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 def run(repeats: int = 1, run_dir: str | None = None) -> str:
     rows = []
     if run_dir is not None:
-        from ..train.loop import _open_run
+        from ..train.loop import open_run
 
-        session, state, step = _open_run(Path(run_dir), ["model.dropout=0.0"])
+        session, state, step = open_run(Path(run_dir), ["model.dropout=0.0"])
         try:
             rows += _rows(f"{run_dir} (step {step})", session.cfg, state["params"], session.spec, repeats)
         finally:

@@ -8,8 +8,15 @@ forward/backward solver iterations.
 
 Part 2: the `small` block at initialisation: f-evaluations and wall time of each
 solver to relative residual 1e-3.
+
+With `--run-dir RUN`: part 1 at the parameters of RUN's newest checkpoint (its
+config, solver settings and a batch of its validation split) instead of at
+initialisation, so memory, step time and iterations reflect a trained model;
+the twins are unrolled model.n_unroll and twice that many times.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -42,14 +49,21 @@ def _train_step(graphdef, mode: str, deq_cfg: DEQConfig, n_unroll: int, tx):
 def _steps(preset: str, batch: int, repeats: int) -> str:
     cfg = get_preset(preset, dropout=0.0)
     model = cfg.create(nnx.Rngs(0))
-    graphdef, state = nnx.split(model, nnx.Param)
     tokens = jax.random.randint(jax.random.key(1), (batch, cfg.seq_len + 1), 0, cfg.vocab_size)
-    tx = optax.adamw(1e-4)
     s = SolverConfig(method="broyden", max_iter=30, tol=1e-3)
-    deq_cfg = DEQConfig(fwd=s, bwd=s)
+    title = f"{preset} preset at initialisation, batch {batch}, seq {cfg.seq_len}"
+    return _compare(model, DEQConfig(fwd=s, bwd=s), (12, 24), tokens, repeats, title)
+
+
+def _compare(model, deq_cfg: DEQConfig, unrolls: tuple[int, ...], tokens, repeats: int, title: str) -> str:
+    """One training step of `model` as a DEQ and as its explicit twin unrolled `unrolls` times."""
+    graphdef, state = nnx.split(model, nnx.Param)
+    tx = optax.adamw(1e-4)
     rows, res = [], {}
-    for name, mode, n in [("DEQ (Broyden fwd + implicit Broyden bwd)", "deq", 0),
-                          ("explicit twin x12", "explicit", 12), ("explicit twin x24", "explicit", 24)]:
+    fwd, bwd = deq_cfg.fwd, deq_cfg.bwd
+    runs = [(f"DEQ ({fwd.method} fwd + {deq_cfg.grad} {bwd.method} bwd)", "deq", 0)]
+    runs += [(f"explicit twin x{n}", "explicit", n) for n in unrolls]
+    for name, mode, n in runs:
         step = _train_step(graphdef, mode, deq_cfg, n, tx)
         st = jax.tree.map(jnp.copy, state)
         opt = tx.init(st)
@@ -65,11 +79,36 @@ def _steps(preset: str, batch: int, repeats: int) -> str:
         rows.append([name, f"{mem / 2**20:.1f}", f"{ms:.0f}", int(iters[0]),
                      int(iters[1]) if mode == "deq" else "-", f"{float(loss):.3f}"])
     mem_deq, t_deq = res["deq0"]
-    mem24, t24 = res["explicit24"]
-    return (f"### training step: {preset} preset, batch {batch}, seq {cfg.seq_len}, {jax.devices()[0].platform}\n\n"
+    n = max(unrolls)
+    mem_n, t_n = res[f"explicit{n}"]
+    return (f"### training step: {title}, {jax.devices()[0].platform}\n\n"
             + table(["model", "peak temp MiB", "median step ms", "fwd iters", "bwd iters", "loss"], rows)
-            + f"\n\nDEQ / twin x24: memory {mem_deq / mem24:.2f}x (target <= 0.25x), "
-              f"step time {t_deq / t24:.2f}x (target <= 1.5x)\n")
+            + f"\n\nDEQ / twin x{n}: memory {mem_deq / mem_n:.2f}x (target <= 0.25x), "
+              f"step time {t_deq / t_n:.2f}x (target <= 1.5x)\n")
+
+
+def _trained(run_dir: str, batch: int | None, repeats: int) -> str:
+    """The same comparison at a run's newest checkpoint, on a batch of its validation split."""
+    import numpy as np
+
+    from ..data import eval_iterator
+    from ..train.loop import load_data, open_run
+    from ..train.state import merge
+
+    session, state, step = open_run(Path(run_dir), [])
+    try:
+        cfg = session.cfg
+        model = merge(session.spec, jax.device_get(state["params"]))
+        windows = next(iter(eval_iterator(load_data(cfg), cfg.data, "valid", max_batches=1)))
+        tokens = np.concatenate([windows["inputs"], windows["targets"][:, -1:]], axis=1)
+        if batch is not None:
+            tokens = tokens[:batch]
+        title = (f"{run_dir} at step {step} (checkpoint parameters), batch {tokens.shape[0]} of its "
+                 f"validation split, seq {cfg.model.seq_len}")
+        n = cfg.model.n_unroll
+        return _compare(model, cfg.solver, (n, 2 * n), jnp.asarray(tokens), repeats, title)
+    finally:
+        session.close()
 
 
 def _solvers(preset: str, batch: int, repeats: int) -> str:
@@ -90,5 +129,10 @@ def _solvers(preset: str, batch: int, repeats: int) -> str:
             + table(["solver", "f-evals", "max rel. residual", "converged", "median ms"], rows) + "\n")
 
 
-def run(preset: str = "small", batch: int = 8, repeats: int = 5) -> str:
+def run(preset: str = "small", batch: int | None = None, repeats: int = 5, run_dir: str | None = None) -> str:
+    """At initialisation of `preset` (batch default 8), or at `run_dir`'s newest checkpoint
+    (batch default: the run's global batch; the solver table is for presets only)."""
+    if run_dir is not None:
+        return _trained(run_dir, batch, repeats)
+    batch = 8 if batch is None else batch
     return _steps(preset, batch, repeats) + "\n" + _solvers(preset, batch, repeats)

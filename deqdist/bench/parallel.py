@@ -114,10 +114,10 @@ def _checkpoint_problem(run_dir: str, batch: int):
     from flax import nnx
 
     from ..train import rundir as rd
-    from ..train.loop import _open_run, load_data
+    from ..train.loop import open_run, load_data
 
     cfg = rd.resolve_for_run(Path(run_dir), [])
-    session, state, step = _open_run(Path(run_dir), [])
+    session, state, step = open_run(Path(run_dir), [])
     try:
         model = nnx.merge(session.spec.graphdef, jax.device_get(state["params"]))
     finally:

@@ -73,10 +73,11 @@ def eval_dataset(
 ) -> grain.MapDataset:
     """Finite MapDataset of this host's eval batches, in corpus order.
 
-    Windows are non-overlapping (each id is a target once); the last partial
-    global batch is dropped so every batch has a static shape and every host
-    runs the same number of steps. At most (seq_len * global_batch) ids at the
-    end of the split go unscored.
+    Windows are non-overlapping (each id is a target at most once) and spread
+    evenly over the whole split (`EvalStarts`), however few batches are read;
+    only whole global batches are read, so every batch has a static shape and
+    every host runs the same number of steps (at most global_batch - 1 windows
+    of the split go unscored when all of it is read).
     """
     _check_length(split, seq_len, what)
     global_batch = per_host_batch * process_count
@@ -89,7 +90,8 @@ def eval_dataset(
             f"{what} has {len(split)} tokens = {num_windows} windows of seq_len {seq_len}, fewer than one global "
             f"batch of {global_batch}; lower data.global_batch_size or data.seq_len, or use a bigger corpus"
         )
-    starts = EvalStarts(seq_len, per_host_batch, process_index, process_count)
+    starts = EvalStarts(seq_len, per_host_batch, process_index, process_count, num_windows,
+                        num_batches * global_batch)
     return grain.MapDataset.range(num_batches).map(starts).map(WindowReader(split, seq_len))
 
 

@@ -58,16 +58,26 @@ def eval_num_windows(n: int, seq_len: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class EvalStarts:
-    """Starts of this host's rows of global eval batch t (no shuffle, no offset)."""
+    """Starts of this host's rows of global eval batch t: `read` windows spread over the split.
+
+    The split's `num_windows` non-overlapping windows (starts seq_len apart) are
+    sampled at a fixed stride: eval window i is window floor(i * num_windows / read),
+    so a short evaluation covers the whole split evenly instead of its beginning, and
+    it is the same for every run of a corpus. With read == num_windows it is the
+    whole split in order. Global rows are laid out batch by batch, host by host.
+    """
 
     seq_len: int
     per_host_batch: int
     process_index: int
     process_count: int
+    num_windows: int
+    read: int
 
     def __call__(self, t: int) -> np.ndarray:
         first = (t * self.process_count + self.process_index) * self.per_host_batch
-        return (first + np.arange(self.per_host_batch, dtype=np.int64)) * self.seq_len
+        i = first + np.arange(self.per_host_batch, dtype=np.int64)
+        return (i * self.num_windows // self.read) * self.seq_len
 
 
 class WindowReader:

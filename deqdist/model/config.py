@@ -59,6 +59,11 @@ class ModelConfig:
     jac_reg_every:   trainer hint: request the Hutchinson Jacobian estimate every
                      k steps (0 = never).
     jac_reg_weight:  trainer hint: weight of the (normalised) Jacobian term.
+    jac_reg_target:  trainer hint: the term is weight * max(J - target, 0), with J the
+                     Hutchinson estimate of ||J_f(z*)||_F^2 / (S*D): a hinge that leaves
+                     the Jacobian free below `target` and holds it there (0: a plain
+                     linear penalty). J tracks the solver's forward iterations, so a
+                     target near its value after the warm-up keeps them flat.
     dtype:           compute dtype of the projections/attention and of the block's
                      weights inside the solve ("float32", "bfloat16", ...).
     param_dtype:     storage dtype of the parameters.
@@ -86,6 +91,7 @@ class ModelConfig:
     n_unroll: int = 12
     jac_reg_every: int = 0
     jac_reg_weight: float = 0.0
+    jac_reg_target: float = 0.0
     dtype: str = "float32"
     param_dtype: str = "float32"
     state_dtype: str = "float32"
@@ -138,6 +144,8 @@ class ModelConfig:
             raise ValueError(f"model.jac_reg_every must be an integer >= 0, got {self.jac_reg_every!r}")
         if self.jac_reg_weight < 0:
             raise ValueError(f"model.jac_reg_weight must be >= 0, got {self.jac_reg_weight!r}")
+        if self.jac_reg_target < 0:
+            raise ValueError(f"model.jac_reg_target must be >= 0, got {self.jac_reg_target!r}")
         for name in ("dtype", "param_dtype", "state_dtype"):
             v = getattr(self, name)
             if v not in _DTYPES:
@@ -190,7 +198,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "medium": dict(
         vocab_size=32768, d_model=768, n_heads=12, d_mlp=30720, seq_len=512,
         dropout=0.1, emb_dropout=0.1, tie_embeddings=False, weight_norm=True,
-        n_unroll=12, jac_reg_every=1, jac_reg_weight=2.0,
+        n_unroll=12, jac_reg_every=1, jac_reg_weight=2.0, jac_reg_target=0.1,
         dtype="bfloat16", param_dtype="float32",
     ),
 }

@@ -24,7 +24,7 @@ from deqdist.model.block import DEQBlock, block_fn, prepare_block_params
 from deqdist.model.collectives import LOCAL, Collectives
 from deqdist.model.config import ModelConfig
 from deqdist.model.layers import LayerNorm, named_param
-from deqdist.regularize import hutchinson_jac_fro2
+from deqdist.regularize import hutchinson_jac_fro2, spectral_radius
 
 # f(params, z, x, comms) -> z
 EquilibriumFn = Callable[..., jax.Array]
@@ -222,6 +222,16 @@ class DEQTransformer(nnx.Module):
             aux["jac_fro2"] = fro2
             aux["jac_loss"] = jnp.mean(fro2.astype(jnp.float32)) / (z.shape[1] * z.shape[2])
         return z, aux
+
+    def jacobian_spectral_radius(self, tokens: jax.Array, z: jax.Array, key: jax.Array, n_iter: int = 20) -> jax.Array:
+        """(B,) power-method estimate of the spectral radius of J_f at z (no gradient, no dropout).
+
+        At z = z* it says how contractive f is where the solver works: near 1 the
+        forward and backward solves slow down, above 1 Picard diverges.
+        """
+        x = self.inject(tokens)
+        f, params = self.split_block()
+        return spectral_radius(lambda zz: f(params, zz, x, comms=LOCAL), z, key, n_iter=n_iter)
 
     def __call__(self, tokens: jax.Array, **kwargs) -> tuple[jax.Array, dict]:
         """Logits (B, S, V) float32 and the aux dict of `features` (same keyword arguments)."""

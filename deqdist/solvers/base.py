@@ -3,6 +3,41 @@
 A solver method only says how to propose the next iterate from the current one
 (`Method.init` / `Method.update`). `run` owns everything else, so per-sample
 stopping, freezing, best-iterate tracking and divergence handling are written once.
+
+The stop rule (every method, both stop modes; all norms are per sample, over all
+of its features, through `SampleReduce`, so sharded and unsharded solves agree):
+
+* r(z) = |f(z) - z|, computed in the accumulation dtype; a non-finite f(z) makes
+  r infinite.
+* The problem's scale S is fixed once, before the first step, and never looks at
+  a later iterate: S = max(|f(z0) - z0|, scale), where `scale` is an optional
+  per-sample reference the caller knows (for f(z) = A z + b it is |b|; the
+  adjoint solve of `deq` passes |dL/dz*|). A run-away iterate therefore cannot
+  loosen the test, which |f(z)| as the scale allowed: on z -> z + c, |f(z)|
+  grows with z while r stays |c|. A far start does not loosen it for maps whose
+  residual is bounded (translations and their bounded perturbations); it does
+  for maps whose residual grows with |z0| (z -> z + 1 + z^2 from z0 = 1e3): a
+  relative tolerance is relative to where the solve starts.
+* Converged: r(z) <= tol * S (`stop_mode="rel"`) or r(z) <= tol (`"abs"`), at
+  an iterate that is finite and within reach (below). A map whose root is 0
+  (f(0) = 0) has S = |f(z0) - z0| > 0 from any z0 != 0, so it converges in rel
+  mode; z0 = 0 is then already exact (r = 0 <= tol * 0).
+* Diverged (the sample stops, its best iterate is kept): r(z) is not finite, or
+  r(z) > divergence * S, or the iterate runs away: |z - z0| > R * S with
+  R = min(REACH + divergence * fall, 1 / (4 eps)). fall = (S - r_best) / S in
+  [0, 1] is how far the lowest residual so far (this iterate included) has come
+  down, and eps is the machine epsilon of the dtype f computes in. Growth is
+  allowed in proportion to the fall it buys: damped fixed-point steps on a
+  contraction with constant L move at most (r0 - r_k) / (1 - L) from z0, so
+  only maps with 1 / (1 - L) beyond `divergence`, or with no fixed point, leave
+  the region; a translation, whose residual never falls, is stopped after
+  REACH * S. The 1 / (4 eps) cap keeps every iterate where f's rounding error
+  (~eps |z|) stays well below S, so a rounded residual cannot pass for a small
+  one (it bites in bfloat16: 32 S).
+* The iterate returned is the one with the lowest r among those tested that were
+  within reach, i.e. the lowest on the same fixed scale S, so it is the one the
+  converged flag speaks about. Stats report r (`abs_residual`) and r / S
+  (`rel_residual`) of that iterate.
 """
 from __future__ import annotations
 
@@ -15,6 +50,9 @@ from jax import lax
 
 METHODS = ("broyden", "anderson", "picard")
 STOP_MODES = ("rel", "abs")
+# Distance from z0, in units of S, that an iterate may cover before its residual has
+# fallen at all: room for the first steps of Broyden / Anderson, which may overshoot.
+REACH = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,8 +74,8 @@ class SolverConfig:
     damping: float = 1.0
     # Iterates and solver state are kept in at least this precision (bf16 models solve in f32).
     acc_dtype: str = "float32"
-    # A sample whose residual exceeds divergence * (its first residual) or is not finite is
-    # stopped and reported diverged.
+    # A sample is stopped and reported diverged when its residual exceeds divergence * S,
+    # or its iterate runs further from z0 than its fall in residual allows (module docstring).
     divergence: float = 1e4
     trace: bool = False
 
@@ -50,13 +88,19 @@ class SolverConfig:
             raise ValueError(f"solver max_iter must be >= 1, got {self.max_iter}")
         if not self.tol > 0:
             raise ValueError(f"solver tol must be > 0, got {self.tol}")
+        if not self.divergence > 1:
+            raise ValueError(f"solver divergence must be > 1, got {self.divergence}")
         if self.memory < 1 or self.anderson_m < 1:
             raise ValueError("solver memory and anderson_m must be >= 1")
         return self
 
 
 class SolveStats(NamedTuple):
-    """Per-sample results of one solve; all arrays, shape (B,) (trace: (B, max_iter) or None)."""
+    """Per-sample results of one solve; all arrays, shape (B,) (trace: (B, max_iter) or None).
+
+    abs_residual = |f(z) - z| and rel_residual = abs_residual / S at the returned z (S: the
+    problem's scale fixed at the start, see the module docstring); trace holds the stop
+    test's value (rel: r / S, abs: r) of every iterate."""
 
     nstep: jax.Array
     abs_residual: jax.Array
@@ -129,9 +173,7 @@ class _Loop(NamedTuple):
     fz: jax.Array
     active: jax.Array
     best_z: jax.Array
-    best_abs: jax.Array
-    best_rel: jax.Array
-    first_res: jax.Array
+    best_r: jax.Array
     nstep: jax.Array
     diverged: jax.Array
     trace: jax.Array | None
@@ -143,12 +185,13 @@ def _mask(active: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def run(method: Method, f: Callable[[jax.Array], jax.Array], z0: jax.Array, cfg: SolverConfig,
-        red: SampleReduce = SampleReduce()) -> tuple[jax.Array, SolveStats]:
+        red: SampleReduce = SampleReduce(), scale: jax.Array | None = None) -> tuple[jax.Array, SolveStats]:
     """Drive `method` on the fixed-point map f from z0 (shape (B, ...)).
 
     Iterates are flattened to (B, N) in the accumulation dtype; f sees z's own shape
     and dtype. Each sample stops on its own: once converged or diverged it is frozen
-    (its iterate never changes again) and its lowest-residual iterate is returned.
+    (its iterate never changes again) and its best iterate is returned. `scale` (B,):
+    optional known scale of each sample's problem (module docstring).
     """
     cfg.validate()
     shape, dtype = z0.shape, z0.dtype
@@ -158,30 +201,41 @@ def run(method: Method, f: Callable[[jax.Array], jax.Array], z0: jax.Array, cfg:
     def f_flat(zf):
         return f(zf.reshape(shape).astype(dtype)).reshape(batch, -1).astype(acc)
 
-    def residuals(z, fz):
+    z_start = z0.reshape(batch, -1).astype(acc)
+
+    def measure(z, fz):
+        """(|f(z) - z|, |z - z0|) per sample, both through one reduction."""
         fz = jnp.where(jnp.isfinite(fz), fz, jnp.inf)  # any non-finite value => infinite residual
-        abs_r = red.norm(fz - z)
-        abs_r = jnp.where(jnp.isnan(abs_r), jnp.inf, abs_r)
-        rel_r = abs_r / (red.norm(fz) + jnp.finfo(acc).tiny)
-        rel_r = jnp.where(jnp.isfinite(abs_r), rel_r, jnp.inf)
-        return abs_r, rel_r
+        d = z - z_start
+        r2, d2 = red.psum(jnp.stack([jnp.sum((fz - z) ** 2, axis=1), jnp.sum(d * d, axis=1)]))
+        r = jnp.sqrt(r2)
+        return jnp.where(jnp.isnan(r), jnp.inf, r), jnp.sqrt(d2)
 
-    def done(abs_r, rel_r):
-        return (rel_r if cfg.stop_mode == "rel" else abs_r) <= cfg.tol
+    fz = f_flat(z_start)
+    r0, _ = measure(z_start, fz)
+    s_ref = r0 if scale is None else jnp.maximum(r0, scale.astype(acc))
+    tol_r = cfg.tol * (s_ref if cfg.stop_mode == "rel" else jnp.ones_like(s_ref))
+    max_reach = 1.0 / (4.0 * float(jnp.finfo(dtype).eps))
 
-    z = z0.reshape(batch, -1).astype(acc)
-    fz = f_flat(z)
-    abs_r, rel_r = residuals(z, fz)
+    def done(r):
+        return jnp.isfinite(r) & (r <= tol_r)
+
+    def relative(r):
+        return jnp.where(r == 0, 0.0, r / s_ref)
+
+    def ran_away(dist, r_best):
+        fall = jnp.clip(1.0 - relative(r_best), 0.0, 1.0)
+        return dist > jnp.minimum(REACH + cfg.divergence * fall, max_reach) * s_ref
+
     # Fresh arrays are built "like" existing ones so that, inside shard_map, they carry the
     # same varying-axes type as the values the loop writes into them.
-    zeros_i = jnp.zeros_like(abs_r, dtype=jnp.int32)
+    zeros_i = jnp.zeros_like(r0, dtype=jnp.int32)
+    diverged = ~jnp.isfinite(r0)
     state = _Loop(
-        k=jnp.zeros((), jnp.int32), z=z, fz=fz, active=~done(abs_r, rel_r),
-        best_z=z, best_abs=abs_r, best_rel=rel_r, first_res=abs_r, nstep=zeros_i,
-        diverged=~jnp.isfinite(abs_r),
-        trace=jnp.full_like(abs_r, jnp.nan, shape=(batch, cfg.max_iter)) if cfg.trace else None,
-        method=method.init(z, fz, cfg, red))
-    state = state._replace(active=state.active & ~state.diverged)
+        k=jnp.zeros((), jnp.int32), z=z_start, fz=fz, active=~done(r0) & ~diverged,
+        best_z=z_start, best_r=r0, nstep=zeros_i, diverged=diverged,
+        trace=jnp.full_like(r0, jnp.nan, shape=(batch, cfg.max_iter)) if cfg.trace else None,
+        method=method.init(z_start, fz, cfg, red))
 
     def cond(s: _Loop):
         return (s.k < cfg.max_iter) & red.any_active(s.active)
@@ -191,28 +245,27 @@ def run(method: Method, f: Callable[[jax.Array], jax.Array], z0: jax.Array, cfg:
         z_next = _mask(s.active, z_next, s.z)
         fz_next = f_flat(z_next)
         fz_next = _mask(s.active, fz_next, s.fz)
-        abs_r, rel_r = residuals(z_next, fz_next)
-        score = rel_r if cfg.stop_mode == "rel" else abs_r
-        best_score = s.best_rel if cfg.stop_mode == "rel" else s.best_abs
-        better = s.active & (score < best_score)
-        blown = s.active & (~jnp.isfinite(abs_r) | (abs_r > cfg.divergence * s.first_res))
+        r, dist = measure(z_next, fz_next)
+        blown = s.active & (~jnp.isfinite(r) | (r > cfg.divergence * s_ref)
+                            | ran_away(dist, jnp.minimum(r, s.best_r)))
+        better = s.active & ~blown & (r < s.best_r)
         trace = s.trace
         if trace is not None:
+            score = relative(r) if cfg.stop_mode == "rel" else r
             trace = trace.at[:, s.k].set(jnp.where(s.active, score, jnp.nan))
         return _Loop(
             k=s.k + 1, z=z_next, fz=fz_next,
-            active=s.active & ~done(abs_r, rel_r) & ~blown,
+            active=s.active & ~blown & ~done(r),
             best_z=_mask(better, z_next, s.best_z),
-            best_abs=jnp.where(better, abs_r, s.best_abs),
-            best_rel=jnp.where(better, rel_r, s.best_rel),
-            first_res=s.first_res,
+            best_r=jnp.where(better, r, s.best_r),
             nstep=s.nstep + s.active.astype(jnp.int32),
             diverged=s.diverged | blown,
             trace=trace, method=mstate)
 
     s = lax.while_loop(cond, body, state)
+    converged = done(s.best_r)
     stats = SolveStats(
-        nstep=s.nstep, abs_residual=s.best_abs, rel_residual=s.best_rel,
-        converged=done(s.best_abs, s.best_rel), diverged=s.diverged & ~done(s.best_abs, s.best_rel),
+        nstep=s.nstep, abs_residual=s.best_r, rel_residual=relative(s.best_r),
+        converged=converged, diverged=s.diverged & ~converged,
         loop_iters=jnp.full_like(s.nstep, s.k), trace=s.trace)
     return s.best_z.reshape(shape).astype(dtype), stats

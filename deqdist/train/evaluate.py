@@ -7,12 +7,16 @@ import jax
 
 from deqdist.config import Config
 from deqdist.data import Corpus, eval_iterator, to_global
+from deqdist.data.windows import eval_num_windows
 from deqdist.train.step import Steps, summarize_eval
 
 
 def evaluate(steps: Steps, params: Any, corpus: Corpus, cfg: Config, split: str, *, mode: str = "deq",
              max_batches: int | None = None) -> dict[str, float]:
-    """Loss (nats/token), bpb or ppl and forward-solver means over up to `max_batches` global batches."""
+    """Loss (nats/token), bpb or ppl and forward-solver means over up to `max_batches` global batches.
+
+    The batches' windows are spread over the whole split (`deqdist.data.windows.EvalStarts`);
+    `windows` / `split_windows` say how many were read of how many the split has."""
     fn = steps.eval_step(mode)
     it = eval_iterator(corpus, cfg.data, split, max_batches=max_batches)
     totals: dict[str, Any] = {}
@@ -24,4 +28,12 @@ def evaluate(steps: Steps, params: Any, corpus: Corpus, cfg: Config, split: str,
     sums = {k: float(v) for k, v in jax.device_get(totals).items()}
     res = summarize_eval(sums, corpus.kind)
     res["batches"] = n
+    res["windows"] = n * cfg.data.global_batch_size
+    res["split_windows"] = eval_num_windows(len(corpus.split(split)), cfg.data.seq_len)
     return res
+
+
+def coverage(res: dict) -> str:
+    """How much of the split an `evaluate` result read, e.g. 'read 640 of 5,171 windows (12.4%)'."""
+    read, total = int(res["windows"]), int(res["split_windows"])
+    return f"read {read:,} of {total:,} windows ({100.0 * read / max(total, 1):.1f}%)"

@@ -28,7 +28,7 @@ from deqdist.train import rundir as rd
 from deqdist.train import checkpoint as ckptlib
 from deqdist.train.checkpoint import Checkpoints
 from deqdist.train.lock import RunDirLocked, RunLock, check_unlocked
-from deqdist.train.evaluate import evaluate
+from deqdist.train.evaluate import coverage, evaluate
 from deqdist.train.generate import generate, generate_batch
 from deqdist.train.metrics import MetricsSink, Progress, finite_or_null, summary
 from deqdist.train.preempt import Preemption
@@ -237,6 +237,13 @@ def _train_loop(session: Session, state, start: int, corpus: Corpus, data_it, st
                 window.append((m["loss"], m.get("bad", 0.0)))
                 progress.step(step)
                 ckpt.poll()
+                spectral = None
+                if t.spectral_every and (step % t.spectral_every == 0 or step == total):
+                    # On the batch just trained on, at the updated parameters.
+                    spectral = {k: float(v) for k, v in
+                                jax.device_get(steps.spectral_step()(state["params"], batch)).items()}
+                if spectral is not None:
+                    sink.write("spectral", step, spectral)
                 if step % t.log_every == 0 or step == total:
                     m = {k: float(v) for k, v in jax.device_get(m).items()}
                     losses, bad = (np.asarray(x, np.float64) for x in zip(*jax.device_get(window)))
@@ -256,7 +263,7 @@ def _train_loop(session: Session, state, start: int, corpus: Corpus, data_it, st
                     t_last, s_last = now, step
                     m["deq"] = 1.0 if mode == "deq" else 0.0
                     sink.write("train", step, m)
-                    progress.log(step, m)
+                    progress.log(step, {**m, **(spectral or {})})
                     if bad_run >= t.max_bad_steps:
                         ckpt.wait()
                         progress.close()
@@ -309,14 +316,17 @@ def _eval_and_log(session: Session, state, corpus: Corpus, split: str, step: int
     res["seconds"] = time.time() - t0
     res["deq"] = 1.0 if mode == "deq" else 0.0
     sink.write(split, step, res)
-    progress.write(f"step {step} {split} ({mode}, {res['batches']} batches): {summary(res, ('loss', 'bpb', 'ppl', 'fwd_iters', 'fwd_hit_max'))}")
+    progress.write(f"step {step} {split} ({mode}, {res['batches']} batches, {coverage(res)}): "
+                   f"{summary(res, ('loss', 'bpb', 'ppl', 'fwd_iters', 'fwd_hit_max'))}")
     return res
 
 
 def _finish(session: Session, state, corpus: Corpus, step: int, sink: MetricsSink) -> int:
     cfg = session.cfg
-    res_valid = _eval_and_log(session, state, corpus, "valid", step, "deq", sink, _Printer(), cfg.data.eval_batches)
-    res_test = _eval_and_log(session, state, corpus, "test", step, "deq", sink, _Printer(), cfg.train.test_batches)
+    # The model that was trained: the explicit twin when the warm-up spans the whole run.
+    mode = session.steps.mode_at(step - 1) if step > 0 else "deq"
+    res_valid = _eval_and_log(session, state, corpus, "valid", step, mode, sink, _Printer(), cfg.data.eval_batches)
+    res_test = _eval_and_log(session, state, corpus, "test", step, mode, sink, _Printer(), cfg.train.test_batches)
     lg = cfg.logging
     sample = None
     if lg.sample_tokens > 0 and corpus.kind == "bytes":
@@ -326,10 +336,12 @@ def _finish(session: Session, state, corpus: Corpus, step: int, sink: MetricsSin
     if _primary():
         if corpus.kind == "bytes":
             _say(f"test bits/byte: {res_test['bpb']:.4f} (loss {res_test['loss']:.4f} nats/byte over "
-                 f"{int(res_test['tokens']):,} bytes; valid {res_valid['bpb']:.4f})")
+                 f"{int(res_test['tokens']):,} bytes, {coverage(res_test)} of the test split; "
+                 f"valid {res_valid['bpb']:.4f})")
         else:
             _say(f"test perplexity: {res_test['ppl']:.2f} (loss {res_test['loss']:.4f} nats/token over "
-                 f"{int(res_test['tokens']):,} tokens; valid {res_valid['ppl']:.2f})")
+                 f"{int(res_test['tokens']):,} tokens, {coverage(res_test)} of the test split; "
+                 f"valid {res_valid['ppl']:.2f})")
         if sample is not None:
             _say(f"sample (temperature {lg.sample_temperature}, {lg.sample_tokens} bytes, prompt {lg.sample_prompt!r}):")
             _say("-" * 60 + "\n" + sample + "\n" + "-" * 60)
@@ -346,7 +358,8 @@ class _Printer(Progress):
 # ---------------------------------------------------------------------------
 # deqdist eval / generate
 # ---------------------------------------------------------------------------
-def _open_run(run_dir: Path, overrides: Sequence[str]) -> tuple[Session, Any, int]:
+def open_run(run_dir: Path, overrides: Sequence[str]) -> tuple[Session, Any, int]:
+    """(session, restored state, step) of a run directory's newest checkpoint (RunDirError if none)."""
     cfg = rd.resolve_for_run(run_dir, overrides)
     ck_dir = run_dir / rd.CHECKPOINTS
     if not ck_dir.is_dir():
@@ -368,14 +381,14 @@ def run_eval(run_dir: Path, overrides: Sequence[str], *, splits: Sequence[str], 
     cfg = rd.resolve_for_run(run_dir, overrides)
     corpus = load_data(cfg)
     rd.check_corpus(run_dir, corpus.info())
-    session, state, step = _open_run(run_dir, overrides)
+    session, state, step = open_run(run_dir, overrides)
     try:
         out = {"step": step}
         for split in splits:
             mb = batches if batches is not None else (cfg.data.eval_batches if split == "valid" else cfg.train.test_batches)
             res = evaluate(session.steps, state["params"], corpus, cfg, split, mode="deq", max_batches=mb)
             out[split] = res
-            _say(f"step {step} {split} ({res['batches']} batches, {int(res['tokens']):,} tokens): "
+            _say(f"step {step} {split} ({res['batches']} batches, {int(res['tokens']):,} tokens, {coverage(res)}): "
                  f"{summary(res, ('loss', 'bpb', 'ppl', 'fwd_iters', 'fwd_hit_max'))}")
         _say(json.dumps(finite_or_null(out), allow_nan=False))
     finally:
@@ -399,7 +412,7 @@ def run_generate(run_dir: Path, overrides: Sequence[str], *, prompt: str | None,
     bad = [i for i in prompt_ids if not 0 <= i < cfg.model.vocab_size]
     if bad:
         raise rd.RunDirError(f"prompt ids {bad[:5]} are outside [0, model.vocab_size={cfg.model.vocab_size})")
-    session, state, step = _open_run(run_dir, overrides)
+    session, state, step = open_run(run_dir, overrides)
     try:
         gen = generate_batch(session.spec, cfg, state["params"], [prompt_ids], tokens, temperature=temperature,
                              seed=seed, cache=cache)

@@ -1,8 +1,10 @@
 """Where metrics go: metrics.jsonl and TensorBoard (process 0 only), and the progress display.
 
-Each JSON line is {"kind": "train"|"valid"|"test", "step": int, "time": unix
-seconds, <metric>: float, ...}; a non-finite value is written as null (the
-file stays strict JSON) and each record is one whole line (one write call). TensorBoard scalars are "<kind>/<metric>".
+Each JSON line is {"kind": "train"|"valid"|"test"|"spectral", "step": int, "time":
+unix seconds, <metric>: float, ...}; "spectral" lines carry the spectral radius
+of J_f at z* (every train.spectral_every steps). A non-finite value is written as
+null (the file stays strict JSON) and each record is one whole line (one write
+call). TensorBoard scalars are "<kind>/<metric>".
 On resume both are cut back to the restored step: metrics.jsonl loses its
 lines for later steps (they were logged by the interrupted run and will be
 logged again), and the TensorBoard writer is opened with purge_step so
@@ -119,7 +121,7 @@ def _fmt(v: float | None) -> str:
     return f"{v:.3f}"
 
 
-SHOWN = ("loss", "bpb", "ppl", "lr", "grad_norm", "fwd_iters", "bwd_iters", "fwd_hit_max", "tok_s")
+SHOWN = ("loss", "bpb", "ppl", "lr", "grad_norm", "fwd_iters", "bwd_iters", "fwd_hit_max", "spectral_radius", "tok_s")
 
 
 def summary(metrics: Mapping[str, Any], keys=SHOWN) -> str:

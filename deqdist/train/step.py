@@ -29,6 +29,7 @@ import optax
 from deqdist.config import Config
 from deqdist.deq import backward_sink
 from deqdist.model import lm_loss
+from deqdist.regularize import jacobian_penalty
 from deqdist.train.state import StateSpec, merge
 
 
@@ -64,6 +65,7 @@ class Steps:
         self.solve, self.unroll = solve, unroll
         self._train: dict[tuple[str, bool], Callable] = {}
         self._eval: dict[str, Callable] = {}
+        self._spectral: Callable | None = None
 
     # ------------------------------------------------------------- phases
     def mode_at(self, step: int) -> str:
@@ -95,7 +97,7 @@ class Steps:
         cfg, spec = self.cfg, self.spec
         tx, schedule = spec.tx, spec.schedule
         fwd_max, bwd_max = cfg.solver.fwd.max_iter, cfg.solver.bwd.max_iter
-        jac_w = cfg.model.jac_reg_weight
+        jac_w, jac_target = cfg.model.jac_reg_weight, cfg.model.jac_reg_target
         max_div = cfg.train.max_diverged_frac
         deterministic = cfg.model.dropout == 0 and cfg.model.emb_dropout == 0
 
@@ -108,7 +110,7 @@ class Steps:
                 logits, aux = self._forward(params, batch["inputs"], mode=mode, key=key,
                                             deterministic=deterministic, jac=jac, sink=sink)
                 loss = lm_loss(logits, batch["targets"])
-                total = loss + jac_w * aux["jac_loss"] if jac else loss
+                total = loss + jacobian_penalty(aux["jac_loss"], jac_w, jac_target) if jac else loss
                 return total, (loss, aux)
 
             if mode == "deq":
@@ -171,6 +173,28 @@ class Steps:
         rep = jax.sharding.NamedSharding(spec.mesh, jax.sharding.PartitionSpec())
         batch_sh = {"inputs": self.batch_sharding, "targets": self.batch_sharding}
         return jax.jit(eval_fn, in_shardings=(spec.shardings["params"], batch_sh), out_shardings=rep)
+
+
+    # ----------------------------------------------------------- spectral
+    def spectral_step(self) -> Callable:
+        """Compiled (params, batch) -> mean and max over the batch of the spectral radius
+        of J_f at the equilibrium z* (forward solve, then the power method; no gradient).
+        The power method starts from a fixed random vector so that estimates at
+        different steps differ only through the parameters and the batch."""
+        if self._spectral is None:
+            spec = self.spec
+
+            def fn(params, batch):
+                model = merge(spec, params)
+                z, _ = model.features(batch["inputs"], mode="deq", deq_cfg=self.cfg.solver, solve=self.solve,
+                                      unroll=self.unroll, deterministic=True)
+                rho = model.jacobian_spectral_radius(batch["inputs"], z, jax.random.key(0)).astype(jnp.float32)
+                return {"spectral_radius": jnp.mean(rho), "spectral_radius_max": jnp.max(rho)}
+
+            rep = jax.sharding.NamedSharding(spec.mesh, jax.sharding.PartitionSpec())
+            batch_sh = {"inputs": self.batch_sharding, "targets": self.batch_sharding}
+            self._spectral = jax.jit(fn, in_shardings=(spec.shardings["params"], batch_sh), out_shardings=rep)
+        return self._spectral
 
 
 def summarize_eval(sums: dict[str, float], kind: str) -> dict[str, float]:

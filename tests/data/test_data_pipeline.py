@@ -120,10 +120,10 @@ def test_eval_is_ordered_non_overlapping_and_sharded():
     corpus = arange_corpus(n_eval=1_000)
     cfg = DataConfig(seq_len=10, global_batch_size=8)
     full = list(eval_iterator(corpus, cfg, process_index=0, process_count=1))
-    # 999 // 10 = 99 windows -> 12 full batches of 8; the last 3 windows are dropped.
+    # 999 // 10 = 99 windows -> 12 full batches of 8; 3 windows, spread over the split, are left out.
     assert len(full) == 12
     s = starts(full) - 10_000
-    np.testing.assert_array_equal(s, np.arange(96) * 10)
+    np.testing.assert_array_equal(s, np.arange(96) * 99 // 96 * 10)
     halves = [list(eval_iterator(corpus, cfg, process_index=i, process_count=2)) for i in range(2)]
     assert len(halves[0]) == len(halves[1]) == 12
     for t in range(12):
@@ -134,6 +134,23 @@ def test_eval_is_ordered_non_overlapping_and_sharded():
     # A fresh iterator per evaluation gives the same batches again.
     again = list(eval_iterator(corpus, cfg, process_index=0, process_count=1))
     np.testing.assert_array_equal(starts(again), starts(full))
+
+
+@pytest.mark.parametrize("hosts", [1, 2])
+def test_a_short_eval_spreads_over_the_whole_split(hosts):
+    # 20,000 ids = 1,999 windows of 10; 5 batches of 16 read 80 of them, evenly spaced.
+    corpus = arange_corpus(n_eval=20_000)
+    cfg = DataConfig(seq_len=10, global_batch_size=16, eval_batches=5)
+    runs = [[list(eval_iterator(corpus, cfg, process_index=i, process_count=hosts)) for i in range(hosts)]
+            for _ in range(2)]
+    s = np.concatenate([np.concatenate([h[t]["inputs"][:, 0] for h in runs[0]]) for t in range(5)]) - 10_000
+    assert len(s) == 80 and np.all(s % 10 == 0) and np.all(np.diff(s) >= 10)   # grid, no overlap
+    assert s[0] == 0 and s[-1] >= 20_000 - 2 * 1_999 // 80 * 10                  # first to last stretch
+    gaps = np.diff(s) // 10
+    assert gaps.min() >= 1_999 // 80 and gaps.max() <= 1_999 // 80 + 1          # even stride
+    # Every evaluation (and every run) of this corpus reads the same windows.
+    again = np.concatenate([np.concatenate([h[t]["inputs"][:, 0] for h in runs[1]]) for t in range(5)]) - 10_000
+    np.testing.assert_array_equal(again, s)
 
 
 def test_worker_processes_give_the_same_stream():

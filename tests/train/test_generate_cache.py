@@ -14,7 +14,7 @@ from trainutil import SMALL
 from deqdist.config import load_config
 from deqdist.parallel import make_mesh
 from deqdist.train.generate import make_sampler
-from deqdist.train.loop import _open_run
+from deqdist.train.loop import open_run
 from deqdist.train.state import init_state, state_spec
 
 TIGHT = ["solver.tol=1e-5", "solver.max_iter=60"]
@@ -27,7 +27,7 @@ def test_trained_checkpoint_tokens_equal_windowed_for_a_ragged_batch(reference_r
     """Greedy, and sampled at temperature 1 (each row draws with its own key on both paths):
     sampling diverse text from the briefly trained model checks many more positions' logits."""
     run_dir, _ = reference_run
-    session, state, _ = _open_run(Path(run_dir), TIGHT)
+    session, state, _ = open_run(Path(run_dir), TIGHT)
     try:
         cached_s = make_sampler(session.spec, session.cfg, NEW)
         windowed_s = make_sampler(session.spec, session.cfg, NEW, cache=False)

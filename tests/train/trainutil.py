@@ -21,7 +21,7 @@ SMALL = [
     "model.d_model=32", "model.n_heads=4", "model.d_mlp=64", "model.seq_len=32",
     "data.global_batch_size=16", "data.eval_batches=2", "train.test_batches=2",
     f"train.steps={STEPS}", "train.warmup_steps=4", "train.warmup_explicit_steps=4", "train.lr=3e-3",
-    "train.log_every=1", "train.eval_every=12", "checkpoint.every=8", "checkpoint.keep=5",
+    "train.log_every=1", "train.eval_every=12", "train.spectral_every=12", "checkpoint.every=8", "checkpoint.keep=5",
     "logging.sample_tokens=16", "logging.progress=lines", "solver.max_iter=12", "solver.bwd.max_iter=12",
 ]
 MESH_2_1_4 = ["parallel.data=2", "parallel.fsdp=1", "parallel.tensor=4"]
