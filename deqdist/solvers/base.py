@@ -23,17 +23,18 @@ of its features, through `SampleReduce`, so sharded and unsharded solves agree):
   (f(0) = 0) has S = |f(z0) - z0| > 0 from any z0 != 0, so it converges in rel
   mode; z0 = 0 is then already exact (r = 0 <= tol * 0).
 * Diverged (the sample stops, its best iterate is kept): r(z) is not finite, or
-  r(z) > divergence * S, or the iterate runs away: |z - z0| > R * S with
-  R = min(REACH + divergence * fall, 1 / (4 eps)). fall = (S - r_best) / S in
-  [0, 1] is how far the lowest residual so far (this iterate included) has come
-  down, and eps is the machine epsilon of the dtype f computes in. Growth is
-  allowed in proportion to the fall it buys: damped fixed-point steps on a
-  contraction with constant L move at most (r0 - r_k) / (1 - L) from z0, so
-  only maps with 1 / (1 - L) beyond `divergence`, or with no fixed point, leave
-  the region; a translation, whose residual never falls, is stopped after
-  REACH * S. The 1 / (4 eps) cap keeps every iterate where f's rounding error
-  (~eps |z|) stays well below S, so a rounded residual cannot pass for a small
-  one (it bites in bfloat16: 32 S).
+  r(z) > divergence * S, or the iterate runs away from its start without a
+  matching change in the residual:
+      |z - z0| > min(REACH * S + divergence * |g(z) - g(z0)|,  S / (4 eps)),
+  g(z) = f(z) - z, eps the machine epsilon of the dtype f computes in. For an
+  affine map with a fixed point, g(z) - g(z0) = (A - I)(z - z0), so every
+  iterate of every method (Broyden's overshoots included) satisfies
+  |z - z0| <= |(I - A)^-1| |g(z) - g(z0)|: only maps with |(I - A)^-1| beyond
+  `divergence` (or their nonlinear kin), or with no fixed point, cross the
+  first bound. A translation's residual never changes, so it is stopped after
+  REACH * S. The second bound keeps the iterate's own rounding in f (~eps |z|)
+  well below S, so a rounded residual cannot pass for a small one; it bites in
+  bfloat16 (32 S). A start z0 with eps |z0| >= S is already in that rounding.
 * The iterate returned is the one with the lowest r among those tested that were
   within reach, i.e. the lowest on the same fixed scale S, so it is the one the
   converged flag speaks about. Stats report r (`abs_residual`) and r / S
@@ -50,8 +51,8 @@ from jax import lax
 
 METHODS = ("broyden", "anderson", "picard")
 STOP_MODES = ("rel", "abs")
-# Distance from z0, in units of S, that an iterate may cover before its residual has
-# fallen at all: room for the first steps of Broyden / Anderson, which may overshoot.
+# Distance from z0, in units of S, that an iterate may cover with no change in its residual
+# (the first step alone covers S); beyond it, movement must be matched by the residual.
 REACH = 10.0
 
 
@@ -75,7 +76,7 @@ class SolverConfig:
     # Iterates and solver state are kept in at least this precision (bf16 models solve in f32).
     acc_dtype: str = "float32"
     # A sample is stopped and reported diverged when its residual exceeds divergence * S,
-    # or its iterate runs further from z0 than its fall in residual allows (module docstring).
+    # or its iterate runs from z0 without a matching change in residual (module docstring).
     divergence: float = 1e4
     trace: bool = False
 
@@ -203,16 +204,18 @@ def run(method: Method, f: Callable[[jax.Array], jax.Array], z0: jax.Array, cfg:
 
     z_start = z0.reshape(batch, -1).astype(acc)
 
-    def measure(z, fz):
-        """(|f(z) - z|, |z - z0|) per sample, both through one reduction."""
-        fz = jnp.where(jnp.isfinite(fz), fz, jnp.inf)  # any non-finite value => infinite residual
-        d = z - z_start
-        r2, d2 = red.psum(jnp.stack([jnp.sum((fz - z) ** 2, axis=1), jnp.sum(d * d, axis=1)]))
-        r = jnp.sqrt(r2)
-        return jnp.where(jnp.isnan(r), jnp.inf, r), jnp.sqrt(d2)
-
     fz = f_flat(z_start)
-    r0, _ = measure(z_start, fz)
+    g_start = fz - z_start
+
+    def measure(z, fz):
+        """(|f(z) - z|, |z - z0|, |g(z) - g(z0)|) per sample, g(z) = f(z) - z, in one reduction."""
+        fz = jnp.where(jnp.isfinite(fz), fz, jnp.inf)  # any non-finite value => infinite residual
+        g, d = fz - z, z - z_start
+        sq = red.psum(jnp.stack([jnp.sum(a * a, axis=1) for a in (g, d, g - g_start)]))
+        r, dist, dg = jnp.sqrt(sq)
+        return jnp.where(jnp.isnan(r), jnp.inf, r), dist, dg
+
+    r0, _, _ = measure(z_start, fz)
     s_ref = r0 if scale is None else jnp.maximum(r0, scale.astype(acc))
     tol_r = cfg.tol * (s_ref if cfg.stop_mode == "rel" else jnp.ones_like(s_ref))
     max_reach = 1.0 / (4.0 * float(jnp.finfo(dtype).eps))
@@ -223,9 +226,8 @@ def run(method: Method, f: Callable[[jax.Array], jax.Array], z0: jax.Array, cfg:
     def relative(r):
         return jnp.where(r == 0, 0.0, r / s_ref)
 
-    def ran_away(dist, r_best):
-        fall = jnp.clip(1.0 - relative(r_best), 0.0, 1.0)
-        return dist > jnp.minimum(REACH + cfg.divergence * fall, max_reach) * s_ref
+    def ran_away(dist, dg):
+        return dist > jnp.minimum(REACH * s_ref + cfg.divergence * dg, max_reach * s_ref)
 
     # Fresh arrays are built "like" existing ones so that, inside shard_map, they carry the
     # same varying-axes type as the values the loop writes into them.
@@ -245,9 +247,8 @@ def run(method: Method, f: Callable[[jax.Array], jax.Array], z0: jax.Array, cfg:
         z_next = _mask(s.active, z_next, s.z)
         fz_next = f_flat(z_next)
         fz_next = _mask(s.active, fz_next, s.fz)
-        r, dist = measure(z_next, fz_next)
-        blown = s.active & (~jnp.isfinite(r) | (r > cfg.divergence * s_ref)
-                            | ran_away(dist, jnp.minimum(r, s.best_r)))
+        r, dist, dg = measure(z_next, fz_next)
+        blown = s.active & (~jnp.isfinite(r) | (r > cfg.divergence * s_ref) | ran_away(dist, dg))
         better = s.active & ~blown & (r < s.best_r)
         trace = s.trace
         if trace is not None:
