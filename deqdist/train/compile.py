@@ -58,8 +58,11 @@ def topology_devices(name: str, slices: int = 1) -> list:
     """The abstract devices of `slices` slices of TPU topology `name` (ConfigError if unknown)."""
     if slices < 1:
         raise ConfigError(f"--slices must be a positive integer, got {slices}")
-    # Off a TPU VM, libtpu must not ask the cloud metadata server what hardware it runs on.
+    # Off a TPU VM, libtpu must not ask the cloud metadata server what hardware it runs on; and
+    # compiling opens no TPU, so libtpu's one-process-per-host lock (/tmp/libtpu_lockfile) would
+    # only stop two compiles (or test workers) from running at once.
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
         import libtpu  # noqa: F401
     except ImportError:
@@ -237,6 +240,9 @@ def parse_variants(text: str | None) -> list[str]:
 
 def run_compile(config_path: str | None, overrides: Sequence[str], *, topology: str, slices: int = 1,
                 variants_text: str | None = None, json_path: str | None = None) -> int:
+    # Everything runs on the host's CPU; the TPU is only a compilation target (on a TPU VM this
+    # leaves the chips to the trainer).
+    jax.config.update("jax_platforms", "cpu")
     cfg = load_config(config_path, overrides)
     wanted = parse_variants(variants_text)
     report = compile_report(cfg, topology, slices, wanted)
