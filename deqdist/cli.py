@@ -1,16 +1,19 @@
-"""`deqdist` command line: train | eval | generate | config | info | bench.
+"""`deqdist` command line: train | eval | generate | config | info | compile | bench.
 
     deqdist train [--config FILE] [--run-dir DIR] [--stop-after N] [key=value ...]
     deqdist eval RUN_DIR [--split valid|test|both] [--batches N] [key=value ...]
     deqdist generate RUN_DIR [--prompt TEXT | --prompt-ids 1,2,3] [--tokens N] [--temperature T] [--no-cache] [key=value ...]
     deqdist config [--config FILE] [key=value ...]       print the resolved config
     deqdist info [--config FILE] [--run-dir DIR] [--json] [key=value ...]   versions, devices, the mesh
+    deqdist compile --topology NAME [--slices N] [--config FILE] [key=value ...]
+                                                         compile the train steps for a TPU slice
     deqdist bench solvers|model|parallel|generate|integrity|lm [--repeats N] [--preset NAME] [--batch N] [--steps N] [--run-dir DIR] [key=value ...]
 
 Bad input (unknown key, wrong type, bad mesh sizes, missing data, a run
 directory that does not fit) prints one line on stderr and exits with 2;
 nothing is written. A multi-process job that fails (a peer never joins or is
-lost) exits with 3 and one line; too many consecutive non-finite steps exit with 4.
+lost) exits with 3 and one line; too many consecutive non-finite steps exit with 4;
+`compile` exits with 5 when a train step does not fit the slice.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ import math
 import os
 import sys
 
-COMMANDS = ("train", "eval", "generate", "config", "info", "bench")
+COMMANDS = ("train", "eval", "generate", "config", "info", "compile", "bench")
 BENCHES = ("solvers", "model", "parallel", "generate", "integrity", "lm")
 
 
@@ -104,6 +107,20 @@ def build_parsers() -> dict[str, argparse.ArgumentParser]:
     _add_distributed(p)
     ps["info"] = p
 
+    p = _Parser(prog="deqdist compile", description="Compile the real train steps ahead of time for a TPU "
+                "topology (no TPU needed; needs libtpu: pip install 'deqdist[tpu]') and report per-device memory, "
+                "FLOPs and collectives. Exit 0: fits; 5: a step this config trains does not fit; 2: bad input.")
+    p.add_argument("--topology", required=True, metavar="NAME", help="libtpu topology name, e.g. v5p:2x2x2, "
+                   "v5e:4x4, v6e:8x8, v4:2x2x2")
+    p.add_argument("--slices", type=int, default=1, metavar="N", help="number of slices (multi-slice over DCN; "
+                   "set parallel.dcn_data to N or a multiple)")
+    p.add_argument("--config", metavar="FILE")
+    p.add_argument("--variants", metavar="LIST", help="comma-separated subset of warmup,deq,deq+jac,twin12,twin24 "
+                   "(default: all)")
+    p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
+    ps["compile"] = p
+
     p = _Parser(prog="deqdist bench", description="Benchmarks: solvers | model | parallel | generate | integrity "
                 "(cost of the finite-step guard and checkpoint checksums) | lm (DEQ vs explicit twin, trained).")
     p.add_argument("what", choices=BENCHES)
@@ -120,7 +137,7 @@ def build_parsers() -> dict[str, argparse.ArgumentParser]:
 
 def _top_help() -> str:
     return (
-        "usage: deqdist {train,eval,generate,config,info,bench} ...\n\n"
+        "usage: deqdist {train,eval,generate,config,info,compile,bench} ...\n\n"
         "Deep Equilibrium Transformers on many devices.\n\n"
         "commands:\n"
         "  train      train or resume a run (deqdist train --help)\n"
@@ -128,6 +145,7 @@ def _top_help() -> str:
         "  generate   sample text from a run's latest checkpoint\n"
         "  config     print the resolved config\n"
         "  info       versions, devices, processes and the mesh a config would build here\n"
+        "  compile    compile the train steps for a TPU slice you do not have: does the config fit?\n"
         "  bench      benchmarks: solvers | model | parallel | generate | integrity | lm\n"
     )
 
@@ -221,6 +239,13 @@ def _info(args) -> int:
     return run_info(args.config, args.run_dir, args.overrides, args.json)
 
 
+def _compile(args) -> int:
+    from deqdist.train.compile import run_compile
+
+    return run_compile(args.config, args.overrides, topology=args.topology, slices=args.slices,
+                       variants_text=args.variants, json_path=args.json)
+
+
 def _bench(args) -> int:
     name = f"deqdist.bench.{args.what}"
     if importlib.util.find_spec(name) is None:
@@ -266,6 +291,7 @@ def keep_large_buffers_in_heap() -> None:
 
 
 HANDLERS = {"train": _train, "eval": _eval, "generate": _generate, "config": _config, "info": _info,
+            "compile": _compile,
             "bench": _bench}
 
 

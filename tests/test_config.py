@@ -12,7 +12,7 @@ def test_defaults_are_the_tiny_preset():
     assert load_config(CONFIGS / "tiny.yaml") == load_config(None)
 
 
-@pytest.mark.parametrize("name", ["tiny", "small", "medium"])
+@pytest.mark.parametrize("name", ["tiny", "small", "medium", "large"])
 def test_presets_load_and_validate(name):
     cfg = load_config(CONFIGS / f"{name}.yaml")
     assert cfg.data.seq_len == cfg.model.seq_len
@@ -22,6 +22,11 @@ def test_presets_load_and_validate(name):
 def test_medium_is_the_100m_model():
     cfg = load_config(CONFIGS / "medium.yaml")
     assert cfg.model.param_count() > 99e6
+
+
+def test_large_is_the_1b_model():
+    cfg = load_config(CONFIGS / "large.yaml")
+    assert 0.95e9 < cfg.model.param_count() < 1.05e9 and cfg.model.vocab_size == 32768
 
 
 def test_overrides_are_typed_and_layered(tmp_path):

@@ -23,7 +23,6 @@ import numpy as np
 
 from deqdist.config import Config
 from deqdist.data import Corpus, DataError, eval_iterator, load_corpus, to_global, train_iterator
-from deqdist.train import mesh as meshlib
 from deqdist.train import rundir as rd
 from deqdist.train import checkpoint as ckptlib
 from deqdist.train.checkpoint import Checkpoints
@@ -32,7 +31,7 @@ from deqdist.train.evaluate import coverage, evaluate
 from deqdist.train.generate import generate, generate_batch
 from deqdist.train.metrics import MetricsSink, Progress, finite_or_null, summary
 from deqdist.train.preempt import Preemption
-from deqdist.train.state import StateSpec, init_state, state_spec
+from deqdist.train.state import StateSpec, init_state
 from deqdist.train.step import Steps
 
 LN2 = float(np.log(2.0))
@@ -63,10 +62,9 @@ class Session:
 
     def __init__(self, cfg: Config, run_dir: Path, *, create_checkpoints: bool):
         self.cfg, self.run_dir = cfg, run_dir
-        self.mesh = meshlib.build_mesh(cfg)
-        self.spec: StateSpec = state_spec(cfg, self.mesh)
-        solve, unroll = meshlib.hooks(self.mesh, cfg)
-        self.steps = Steps(cfg, self.spec, meshlib.batch_sharding(self.mesh, cfg), solve, unroll)
+        self.steps = Steps.for_config(cfg)
+        self.spec: StateSpec = self.steps.spec
+        self.mesh = self.spec.mesh
         self._create = create_checkpoints
         self.ckpt: Checkpoints | None = None
 

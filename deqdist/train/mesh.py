@@ -17,11 +17,12 @@ from deqdist import parallel
 from deqdist.config import Config, ConfigError
 
 
-def build_mesh(cfg: Config) -> Mesh:
+def build_mesh(cfg: Config, devices=None) -> Mesh:
+    """The config's mesh over `devices`: real ones (default: all of them) or a TPU topology's abstract ones."""
     try:
-        return parallel.make_mesh(cfg.parallel)
+        return parallel.make_mesh(cfg.parallel, devices)
     except ValueError as e:
-        n = jax.device_count()
+        n = jax.device_count() if devices is None else len(devices)
         seen = "" if "devices" in str(e) else f" ({n} device{'s' if n != 1 else ''} visible)"
         raise ConfigError(f"{e}{seen}") from None
 

@@ -30,7 +30,8 @@ from deqdist.config import Config
 from deqdist.deq import backward_sink
 from deqdist.model import lm_loss
 from deqdist.regularize import jacobian_penalty
-from deqdist.train.state import StateSpec, merge
+from deqdist.train import mesh as meshlib
+from deqdist.train.state import StateSpec, merge, state_spec
 
 
 def _solver_metrics(prefix: str, nstep, rel, max_iter: int, converged=None) -> dict[str, jax.Array]:
@@ -67,6 +68,14 @@ class Steps:
         self._eval: dict[str, Callable] = {}
         self._spectral: Callable | None = None
 
+    @classmethod
+    def for_config(cls, cfg: Config, devices=None) -> "Steps":
+        """Mesh, abstract state layout and steps for `cfg` over `devices` (real, or a TPU topology's
+        abstract devices for ahead-of-time compilation); nothing is allocated."""
+        mesh = meshlib.build_mesh(cfg, devices)
+        spec = state_spec(cfg, mesh)
+        return cls(cfg, spec, meshlib.batch_sharding(mesh, cfg), *meshlib.hooks(mesh, cfg))
+
     # ------------------------------------------------------------- phases
     def mode_at(self, step: int) -> str:
         """Mode of the update that takes the state from `step` to step + 1."""
@@ -88,10 +97,18 @@ class Steps:
     # -------------------------------------------------------------- train
     def train_step(self, step: int) -> Callable:
         """The compiled (state, batch) -> (state, metrics) for the update at `step`."""
-        k = (self.mode_at(step), self.jac_at(step))
-        if k not in self._train:
-            self._train[k] = self._build_train(*k)
-        return self._train[k]
+        return self.variant(self.mode_at(step), self.jac_at(step))
+
+    def variant(self, mode: str, jac: bool) -> Callable:
+        """The jitted train step of one variant ("explicit" or "deq", with or without the Jacobian term)."""
+        if (mode, jac) not in self._train:
+            self._train[(mode, jac)] = self._build_train(mode, jac)
+        return self._train[(mode, jac)]
+
+    def abstract_batch(self) -> dict[str, jax.ShapeDtypeStruct]:
+        """The global token batch as sharded ShapeDtypeStructs (what the data pipeline delivers)."""
+        shape = (self.cfg.data.global_batch_size, self.cfg.model.seq_len)
+        return {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=self.batch_sharding) for k in ("inputs", "targets")}
 
     def _build_train(self, mode: str, jac: bool) -> Callable:
         cfg, spec = self.cfg, self.spec
