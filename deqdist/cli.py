@@ -250,6 +250,9 @@ def _bench(args) -> int:
     name = f"deqdist.bench.{args.what}"
     if importlib.util.find_spec(name) is None:
         raise UsageError(f"`deqdist bench {args.what}` is not available in this build ({name} is missing)")
+    from deqdist.train.platform import skip_absent_tpu
+
+    skip_absent_tpu()
     mod = importlib.import_module(name)
     accepted = inspect.signature(mod.run).parameters
     kwargs = {}

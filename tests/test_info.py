@@ -46,3 +46,22 @@ def test_missing_requested_platform_is_exit_2_not_cpu():
     p = info(platforms="tpu")
     assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
     assert p.stderr.startswith("deqdist info: error: JAX_PLATFORMS=tpu but JAX could not start it")
+
+
+def _tpu_chips() -> int:
+    from jax._src import hardware_utils
+
+    return hardware_utils.num_available_tpu_chips_and_device_id()[0]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu is not installed")
+def test_libtpu_without_a_tpu_chip_runs_on_the_cpu():
+    # The tpu extra (for `deqdist compile`) on a CPU host must not turn every command into an error.
+    if _tpu_chips():
+        pytest.skip("this host has TPU chips")
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    p = subprocess.run([sys.executable, "-m", "deqdist.cli", "info", "--json"], env=env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert json.loads(p.stdout)["backend"] == "cpu"

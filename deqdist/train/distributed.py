@@ -282,6 +282,9 @@ def maybe_initialize(coordinator: str | None = None, num_processes: int | None =
             raise ConfigError(f"--process-id {process_id} is not in [0, --num-processes={num_processes})")
     import jax
 
+    from deqdist.train.platform import skip_absent_tpu
+
+    skip_absent_tpu()
     watch = _JoinWatch(coordinator or "the auto-detected coordinator", coord, process_id, num_processes, wait)
     watch.start()
     # JAX aborts with a fatal log at its own deadlines; ours come first. (Options this JAX lacks are left out.)

@@ -5,9 +5,14 @@ platform; we turn its traceback into a ConfigError. Without JAX_PLATFORMS, JAX
 quietly falls back to the CPU when an installed accelerator plugin fails (a
 TPU held by a stale process, a GPU whose driver does not load): that is an
 error too, unless the user asks for the CPU (JAX_PLATFORMS=cpu).
+
+One exception: libtpu installed on a host with no TPU chip at all (the `tpu`
+extra also serves `deqdist compile`, and the test environment has it). Nothing
+can hold a TPU that is not there, so JAX is told not to try it.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 
 from deqdist.config import ConfigError
@@ -31,10 +36,30 @@ def _failed_accelerators() -> dict[str, str]:
     return {p: e for p, e in errors.items() if p not in ("cpu", "interpreter")}
 
 
+def skip_absent_tpu() -> None:
+    """Without JAX_PLATFORMS, keep JAX from starting libtpu on a host that has no TPU chip."""
+    if os.environ.get("JAX_PLATFORMS", "").strip() or importlib.util.find_spec("libtpu") is None:
+        return
+    import jax
+
+    try:
+        from jax._src import hardware_utils
+
+        chips = hardware_utils.num_available_tpu_chips_and_device_id()[0]
+    except Exception:  # private JAX module moved: keep JAX's own behaviour
+        return
+    if chips:
+        return
+    cuda = importlib.util.find_spec("jax_plugins") is not None and any(
+        importlib.util.find_spec(f"jax_plugins.xla_cuda{v}") for v in (12, 13))
+    jax.config.update("jax_platforms", "cuda,cpu" if cuda else "cpu")
+
+
 def require_backend():
     """jax.devices() of the requested platform; PlatformError if it is missing or JAX fell back to the CPU."""
     import jax
 
+    skip_absent_tpu()
     asked = os.environ.get("JAX_PLATFORMS", "").strip()
     try:
         devices = jax.devices()
