@@ -42,7 +42,7 @@ from deqdist.deq import DEQConfig
 from deqdist.model.block import prepare_block_params
 from deqdist.model.layers import rope_at
 from deqdist.model.transformer import DEQTransformer, EquilibriumSolve, local_solve
-from deqdist.solvers import SolveStats, solve
+from deqdist.solvers import SampleReduce, SolveStats, solve
 
 
 class KVCache(NamedTuple):
@@ -114,7 +114,14 @@ def step(model: DEQTransformer, cache: KVCache, token: jax.Array,
 
     block = _prepared_block(model)
     x = model.inject(token[:, None])
-    z, stats = solve(lambda z: block(z, x, attend=attend), cache.z, deq_cfg.fwd)
+    def f(z):
+        return block(z, x, attend=attend)
+
+    # Judge the warm-started solve on the scale a cold start of this position has (|f(0)|, as the
+    # whole-sequence solve from zeros does): a good warm start then saves iterations instead of
+    # tightening the tolerance, which is relative to the starting residual.
+    scale = SampleReduce().norm(f(jnp.zeros_like(cache.z)))
+    z, stats = solve(f, cache.z, deq_cfg.fwd, scale=scale)
     k_new, v_new = block.keys_values(z, x)
     rows = jnp.arange(token.shape[0])
     slot = jnp.mod(t, c)

@@ -70,7 +70,9 @@ def test_stop_after_then_resume_on_another_mesh(tmp_path, reference_run, run_cli
     assert "mesh data=2 x fsdp=1 x tensor=4" in p.stdout
     got = losses(run_dir)
     assert sorted(got) == list(range(1, 17))
+    # Solves stop at tol 1e-3: under another reduction order a sample whose residual lands at the
+    # threshold may take one iteration more or less, which moves the loss by up to ~tol.
     for s in range(13, 17):
-        assert got[s] == pytest.approx(ref[s], rel=2e-4, abs=2e-4), s
+        assert got[s] == pytest.approx(ref[s], rel=1e-3, abs=1e-3), s
     runs = json.loads((run_dir / "run.json").read_text())
     assert runs[1]["changed"] and any(c.startswith("parallel.data: 8 -> 2") for c in runs[1]["changed"])
