@@ -16,6 +16,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from deqdist import presets
 from deqdist.config import load_config
 from deqdist.train import mesh as meshlib
 from deqdist.train.checkpoint import Checkpoints, seal, verify
@@ -23,8 +24,6 @@ from deqdist.train.state import init_state, state_spec
 from deqdist.train.step import Steps
 
 from .common import table
-
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def _time_ms(fn) -> float:
@@ -34,7 +33,7 @@ def _time_ms(fn) -> float:
 
 
 def run(preset: str = "small", batch: int = 8, repeats: int = 5) -> str:
-    cfg = load_config(CONFIGS / f"{preset}.yaml", [f"data.global_batch_size={batch}", "parallel.data=1",
+    cfg = load_config(presets.path(preset), [f"data.global_batch_size={batch}", "parallel.data=1",
                                                    "model.dropout=0", "train.warmup_explicit_steps=0"])
     mesh = meshlib.build_mesh(cfg)
     spec = state_spec(cfg, mesh)

@@ -12,7 +12,7 @@ solver to relative residual 1e-3.
 With `--run-dir RUN`: part 1 at the parameters of RUN's newest checkpoint (its
 config, solver settings and a batch of its validation split) instead of at
 initialisation, so memory, step time and iterations reflect a trained model;
-the twins are unrolled model.n_unroll and twice that many times.
+the twins are unrolled train.n_unroll and twice that many times.
 """
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ def _trained(run_dir: str, batch: int | None, repeats: int) -> str:
             tokens = tokens[:batch]
         title = (f"{run_dir} at step {step} (checkpoint parameters), batch {tokens.shape[0]} of its "
                  f"validation split, seq {cfg.model.seq_len}")
-        n = cfg.model.n_unroll
+        n = cfg.train.n_unroll
         return _compare(model, cfg.solver, (n, 2 * n), jnp.asarray(tokens), repeats, title)
     finally:
         session.close()

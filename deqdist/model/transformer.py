@@ -108,7 +108,7 @@ class DEQTransformer(nnx.Module):
         (and every unrolled application) uses the same masks.
         """
         cfg = self.cfg
-        dt = cfg.state_dtype_
+        dt = cfg.z_dtype
         e = jnp.take(self.embed[...], tokens, axis=0).astype(dt)
         drop_emb = (not deterministic) and cfg.emb_dropout > 0
         drop_blk = (not deterministic) and cfg.dropout > 0
@@ -145,7 +145,7 @@ class DEQTransformer(nnx.Module):
 
     def z0(self, tokens: jax.Array) -> jax.Array:
         """The solver's starting point: zeros (B, S, D) in the state dtype."""
-        return jnp.zeros((*tokens.shape, self.cfg.d_model), self.cfg.state_dtype_)
+        return jnp.zeros((*tokens.shape, self.cfg.d_model), self.cfg.z_dtype)
 
     def fixed_point_map(
         self, tokens: jax.Array, *, deterministic: bool = True, key: jax.Array | None = None
@@ -179,7 +179,7 @@ class DEQTransformer(nnx.Module):
                      (z = f^n_unroll(0) with `unroll`, ordinary backprop). Static.
         deq_cfg:     DEQConfig of the solve (forward/backward solvers, grad mode);
                      default DEQConfig().
-        n_unroll:    applications of f in explicit mode (default cfg.n_unroll). Static.
+        n_unroll:    applications of f in explicit mode (required there). Static.
         solve:       solve hook (f, params, x, z0, deq_cfg, bwd_sink) -> (z*, stats);
                      parallel/ passes a shard_map'd one.
         unroll:      explicit-mode hook (f, params, x, z0, n) -> (z_n, rel_res).
@@ -212,7 +212,9 @@ class DEQTransformer(nnx.Module):
             aux["fwd_stats"] = stats
             aux["rel_residual"] = stats.rel_residual
         else:
-            z, rel = unroll(f, params, x, z0, int(n_unroll if n_unroll is not None else self.cfg.n_unroll))
+            if n_unroll is None:
+                raise ValueError("explicit mode needs n_unroll (the trainer passes train.n_unroll)")
+            z, rel = unroll(f, params, x, z0, int(n_unroll))
             aux["rel_residual"] = rel
         if jac_reg:
             if k_jac is None:

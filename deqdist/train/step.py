@@ -1,11 +1,11 @@
 """Jitted, sharded, donated train and eval steps.
 
 Variants are compiled on first use and cached by (mode, jac_reg):
-  ("explicit", _)  the explicit twin (model.n_unroll applications of f, ordinary
+  ("explicit", _)  the explicit twin (train.n_unroll applications of f, ordinary
                    backprop) for the first train.warmup_explicit_steps steps;
   ("deq", False)   the equilibrium model (forward solve, implicit backward);
   ("deq", True)    the same plus the Hutchinson Jacobian term, every
-                   model.jac_reg_every steps.
+                   train.jac_reg_every steps.
 All variants take and return the same state layout, so switching costs one compile.
 
 The backward solve's stats arrive as the gradient of a zero "sink"
@@ -82,15 +82,15 @@ class Steps:
         return "explicit" if step < self.cfg.train.warmup_explicit_steps else "deq"
 
     def jac_at(self, step: int) -> bool:
-        m = self.cfg.model
-        return m.jac_reg_every > 0 and m.jac_reg_weight > 0 and step % m.jac_reg_every == 0
+        t = self.cfg.train
+        return t.jac_reg_every > 0 and t.jac_reg_weight > 0 and step % t.jac_reg_every == 0
 
     # ------------------------------------------------------------ forward
     def _forward(self, params, tokens, *, mode: str, key, deterministic: bool, jac: bool, sink=None):
         cfg = self.cfg
         model = merge(self.spec, params)
         return model(
-            tokens, mode=mode, deq_cfg=cfg.solver, n_unroll=cfg.model.n_unroll, solve=self.solve,
+            tokens, mode=mode, deq_cfg=cfg.solver, n_unroll=cfg.train.n_unroll, solve=self.solve,
             unroll=self.unroll, bwd_sink=sink, deterministic=deterministic, key=key, jac_reg=jac,
         )
 
@@ -114,7 +114,7 @@ class Steps:
         cfg, spec = self.cfg, self.spec
         tx, schedule = spec.tx, spec.schedule
         fwd_max, bwd_max = cfg.solver.fwd.max_iter, cfg.solver.bwd.max_iter
-        jac_w, jac_target = cfg.model.jac_reg_weight, cfg.model.jac_reg_target
+        jac_w, jac_target = cfg.train.jac_reg_weight, cfg.train.jac_reg_target
         max_div = cfg.train.max_diverged_frac
         deterministic = cfg.model.dropout == 0 and cfg.model.emb_dropout == 0
 
