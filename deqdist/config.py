@@ -55,6 +55,7 @@ from deqdist import presets
 from deqdist.atomic import write_atomic
 from deqdist.data import DataConfig
 from deqdist.deq import DEQConfig
+from deqdist.errors import UserError
 from deqdist.model import ModelConfig
 from deqdist.parallel import ParallelConfig
 from deqdist.solvers import SolverConfig
@@ -220,9 +221,9 @@ class Config:
 def _wrap(fn, prefix: str) -> None:
     try:
         fn()
-    except ConfigError:
+    except UserError:
         raise
-    except (ValueError, TypeError) as e:  # DataError is a ValueError too
+    except (ValueError, TypeError) as e:  # the parts' own validate() raise plain ValueErrors
         raise ConfigError(prefix + str(e)) from None
 
 
