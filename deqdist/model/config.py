@@ -83,6 +83,7 @@ class ModelConfig:
 
     @property
     def z_dtype(self) -> Any:
+        """`state_dtype` as a dtype: of z, the injection and the residual stream inside f."""
         return jnp.dtype(self.state_dtype)
 
     @property
@@ -123,7 +124,7 @@ class ModelConfig:
 
     def param_count(self) -> int:
         """Number of parameters of the model this config builds (no allocation)."""
-        d, m, v, h = self.d_model, self.d_mlp, self.vocab_size, self.n_heads
+        d, m, v = self.d_model, self.d_mlp, self.vocab_size
         n = v * d  # token embedding
         n += 2 * d  # injection LayerNorm
         n += 4 * d * d + d  # W_q, W_k, W_v, W_o, b_o
@@ -134,7 +135,6 @@ class ModelConfig:
         n += 2 * d  # final LayerNorm
         if not self.tie_embeddings:
             n += d * v
-        del h
         return n
 
     def create(self, rngs):
