@@ -113,10 +113,10 @@ def _checkpoint_problem(run_dir: str, batch: int):
     import numpy as np
     from flax import nnx
 
-    from ..train import rundir as rd
+    from ..train import rundir
     from ..train.loop import open_run, load_data
 
-    cfg = rd.resolve_for_run(Path(run_dir), [])
+    cfg = rundir.resolve_for_run(Path(run_dir), [])
     session, state, step = open_run(Path(run_dir), [])
     try:
         model = nnx.merge(session.spec.graphdef, jax.device_get(state["params"]))
@@ -214,11 +214,11 @@ def run(preset: str = "tiny", batch: int = 8, repeats: int = 5, run_dir: str | N
     import jax
 
     if run_dir is not None:  # bad input fails here, in one line, not in the 8-device child
-        from ..train import rundir as rd
+        from ..train import rundir
 
-        rd.resolve_for_run(Path(run_dir), [])
-        if not any((Path(run_dir) / rd.CHECKPOINTS).glob("*")):
-            raise rd.RunDirError(f"{run_dir} has no checkpoints yet; train it first (deqdist train --run-dir {run_dir})")
+        rundir.resolve_for_run(Path(run_dir), [])
+        if not any((Path(run_dir) / rundir.CHECKPOINTS).glob("*")):
+            raise rundir.RunDirError(f"{run_dir} has no checkpoints yet; train it first (deqdist train --run-dir {run_dir})")
 
     if jax.device_count() >= 8:
         return _run(preset, batch) + _replica_rows(preset, batch, repeats, run_dir)

@@ -19,7 +19,6 @@ inside the compiled step (no host round-trip); the step counter still advances
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import jax
@@ -30,7 +29,7 @@ from deqdist.config import Config
 from deqdist.deq import backward_sink
 from deqdist.model import lm_loss
 from deqdist.regularize import jacobian_penalty
-from deqdist.train import mesh as meshlib
+from deqdist.train import mesh as train_mesh
 from deqdist.train.state import StateSpec, merge, state_spec
 
 
@@ -72,9 +71,9 @@ class Steps:
     def for_config(cls, cfg: Config, devices=None) -> "Steps":
         """Mesh, abstract state layout and steps for `cfg` over `devices` (real, or a TPU topology's
         abstract devices for ahead-of-time compilation); nothing is allocated."""
-        mesh = meshlib.build_mesh(cfg, devices)
+        mesh = train_mesh.build_mesh(cfg, devices)
         spec = state_spec(cfg, mesh)
-        return cls(cfg, spec, meshlib.batch_sharding(mesh, cfg), *meshlib.hooks(mesh, cfg))
+        return cls(cfg, spec, train_mesh.batch_sharding(mesh, cfg), *train_mesh.hooks(mesh, cfg))
 
     # ------------------------------------------------------------- phases
     def mode_at(self, step: int) -> str:
@@ -212,20 +211,3 @@ class Steps:
             batch_sh = {"inputs": self.batch_sharding, "targets": self.batch_sharding}
             self._spectral = jax.jit(fn, in_shardings=(spec.shardings["params"], batch_sh), out_shardings=rep)
         return self._spectral
-
-
-def summarize_eval(sums: dict[str, float], kind: str) -> dict[str, float]:
-    """Sums over batches -> loss (nats/token), bits per byte (byte corpora) or perplexity, solver means."""
-    n = max(sums.get("tokens", 0.0), 1.0)
-    loss = sums["nll"] / n
-    out = {"loss": loss, "tokens": sums.get("tokens", 0.0)}
-    if kind == "bytes":
-        out["bpb"] = loss / math.log(2)
-    else:
-        out["ppl"] = math.exp(min(loss, 700.0))
-    if "fwd_iters" in sums:
-        s = max(sums["samples"], 1.0)
-        out["fwd_iters"] = sums["fwd_iters"] / s
-        out["fwd_hit_max"] = sums["fwd_hit_max"] / s
-        out["fwd_rel_res"] = sums["fwd_rel_res"] / s
-    return out
