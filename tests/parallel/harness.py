@@ -45,8 +45,8 @@ def params_and_batch(model, tokens):
 
 
 def reference_step(model, tokens, cfg: DEQConfig):
-    """Single-device loss, grads and aux (z* in aux["z"])."""
-    return sharded_step(model, tokens, cfg, None)[0]
+    """Single-device loss, grads and aux (z* in aux["z"]), on the host (comparable with any mesh's)."""
+    return jax.device_get(sharded_step(model, tokens, cfg, None)[0])
 
 
 def sharded_step(model, tokens, cfg: DEQConfig, sizes: tuple[int, int, int] | None, run: bool = True,
