@@ -197,28 +197,15 @@ def _run_entry(session: Session, start: int, resumed: bool, saved: Config | None
 
 def _train_loop(session: Session, state, start: int, corpus: Corpus, data_it, stop_after: int | None) -> int:
     cfg, steps, ckpt = session.cfg, session.steps, session.open_checkpoints()
-    total, primary, run_dir = cfg.train.steps, _primary(), session.run_dir
-    tb_dir = run_dir / rundir.TB if cfg.logging.tensorboard else None
-    sink = MetricsSink(run_dir / rundir.METRICS, tb_dir, enabled=primary, resume_step=start)
+    total, primary = cfg.train.steps, _primary()
+    tb_dir = session.run_dir / rundir.TB if cfg.logging.tensorboard else None
+    sink = MetricsSink(session.run_dir / rundir.METRICS, tb_dir, enabled=primary, resume_step=start)
     progress = Progress(cfg.logging.progress, total=total, initial=start, enabled=primary)
-    throughput = Throughput(cfg.data.global_batch_size * cfg.model.seq_len, start)
-    train_step = CompileTimer(progress.write, throughput)
     checkpointer = Checkpointer(ckpt, cfg.checkpoint.every, data_it, start)
-    evaluate_valid = lambda state, step, mode: _eval_and_log(session, state, corpus, "valid", step, mode, sink,
-                                                             progress, cfg.data.eval_batches)
     step = start
     try:
         with Preemption() as preemption:
-            hooks = [
-                Spectral(cfg.train.spectral_every, steps.spectral_step, sink.write),
-                LogMetrics(cfg.train.log_every, corpus.kind, throughput, sink.write, progress.log),
-                BadSteps(cfg.train.log_every, cfg.train.max_bad_steps, run_dir, checkpointer.last_sealed),
-                Evaluate(cfg.train.eval_every, total, evaluate_valid, throughput),
-                checkpointer,
-                Preempted(preemption, run_dir),
-                StopAfter(stop_after, start, total, run_dir),
-                WarmupDone(cfg.train.warmup_explicit_steps, total, progress.write),
-            ]
+            train_step, hooks = _hooks(session, corpus, start, stop_after, sink, progress, checkpointer, preemption)
             while step < total:
                 variant = (steps.mode_at(step), steps.jac_at(step))
                 batch = to_global(next(data_it), steps.batch_sharding)
@@ -245,6 +232,25 @@ def _train_loop(session: Session, state, start: int, corpus: Corpus, data_it, st
         progress.close()
         sink.close()
     return code
+
+
+def _hooks(session: Session, corpus: Corpus, start: int, stop_after: int | None, sink: MetricsSink,
+           progress: Progress, checkpointer: Checkpointer, preemption: Preemption) -> tuple[CompileTimer, list]:
+    """The timed train-step call and the hooks run after each step, in the order they run."""
+    cfg, steps, run_dir, t = session.cfg, session.steps, session.run_dir, session.cfg.train
+    throughput = Throughput(cfg.data.global_batch_size * cfg.model.seq_len, start)
+    evaluate_valid = lambda state, step, mode: _eval_and_log(session, state, corpus, "valid", step, mode, sink,
+                                                             progress, cfg.data.eval_batches)
+    return CompileTimer(progress.write, throughput), [
+        Spectral(t.spectral_every, steps.spectral_step, sink.write),
+        LogMetrics(t.log_every, corpus.kind, throughput, sink.write, progress.log),
+        BadSteps(t.log_every, t.max_bad_steps, run_dir, checkpointer.last_sealed),
+        Evaluate(t.eval_every, t.steps, evaluate_valid, throughput),
+        checkpointer,
+        Preempted(preemption, run_dir),
+        StopAfter(stop_after, start, t.steps, run_dir),
+        WarmupDone(t.warmup_explicit_steps, t.steps, progress.write),
+    ]
 
 
 def _eval_and_log(session: Session, state, corpus: Corpus, split: str, step: int, mode: str, sink: MetricsSink,
