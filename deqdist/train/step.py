@@ -1,8 +1,8 @@
 """Jitted, sharded, donated train and eval steps: the one place a train step is built.
 
 The trainer, `deqdist compile`, the benchmarks and the parallel test harness all
-take their steps from `Steps` (the harness and `bench parallel` use its gradient
-half, `Steps.gradients`, to compare meshes), so what they measure is what trains.
+take their steps from `Steps` (the harness compares meshes on its gradient half,
+`Steps.gradients`), so what they measure is what trains.
 
 Variants are compiled on first use and cached by (mode, jac_reg):
   ("explicit", _)  the explicit twin (model.n_unroll applications of f, ordinary
