@@ -102,8 +102,8 @@ def _trained(run_dir: str, batch: int | None, repeats: int) -> str:
     if batch is not None:
         tokens = tokens[:batch]
     load = lambda extra: rundir.resolve_for_run(Path(run_dir), _one_device(tokens.shape[0]) + extra)
-    title = (f"{run_dir} at step {step} (checkpoint parameters and optimizer state), batch {tokens.shape[0]} of "
-             f"its validation split, seq {cfg.model.seq_len}")
+    title = (f"{run_dir} at step {step} (checkpoint parameters), batch {tokens.shape[0]} of its "
+             f"validation split, seq {cfg.model.seq_len}")
     n = cfg.model.n_unroll
     return _compare(load, state, (n, 2 * n), jnp.asarray(tokens), repeats, title)
 
