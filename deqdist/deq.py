@@ -9,6 +9,9 @@ then pulls g back to `params` and `x`. z0 never receives a gradient.
 Backward-solve statistics are returned as data, with no callbacks: pass a
 `bwd_sink` (zeros from `backward_sink(B)`) and differentiate with respect to it;
 its "gradient" is the backward solve's per-sample stats.
+
+`unroll` is the explicit twin: the same f applied n times and backpropagated
+through, the baseline a DEQ is compared with and the warm-up it trains from.
 """
 from __future__ import annotations
 
@@ -56,6 +59,22 @@ def deq(f: Callable[[Any, jax.Array, Any], jax.Array], params: Any, x: Any, z0: 
     if bwd_sink is None:
         bwd_sink = backward_sink(z0.shape[0])
     return _deq(f, cfg, reduce, params, x, jax.lax.stop_gradient(z0), bwd_sink)
+
+
+def unroll(f: Callable[[Any, jax.Array, Any], jax.Array], params: Any, x: Any, z0: jax.Array, n: int, *,
+           reduce: SampleReduce = SampleReduce()) -> tuple[jax.Array, jax.Array]:
+    """The explicit twin of `deq`: z_n = f^n(params, z0, x) by `lax.scan`, differentiated by
+    ordinary backprop. Returns (z_n, ||z_n - z_{n-1}|| / ||z_n|| per sample in float32)."""
+    if n < 1:
+        raise ValueError(f"n_unroll must be >= 1, got {n}")
+
+    def body(carry, _):
+        z, _ = carry
+        return (f(params, z, x), z), None
+
+    (z, z_prev), _ = jax.lax.scan(body, (z0, z0), None, length=n)
+    step = reduce.norm((z - z_prev).astype(jnp.float32))
+    return z, step / (reduce.norm(z.astype(jnp.float32)) + 1e-12)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))

@@ -24,7 +24,7 @@ import optax
 from flax import nnx
 
 from ..deq import DEQConfig, backward_sink
-from ..model import LOCAL, get_preset, lm_loss
+from ..model import LOCAL, SolveHooks, get_preset, lm_loss
 from ..solvers import SolverConfig, solve
 from .common import median_ms, table
 
@@ -32,7 +32,8 @@ from .common import median_ms, table
 def _train_step(graphdef, mode: str, deq_cfg: DEQConfig, n_unroll: int, tx):
     def loss_fn(state, sink, tokens):
         model = nnx.merge(graphdef, state)
-        logits, aux = model(tokens[:, :-1], mode=mode, deq_cfg=deq_cfg, n_unroll=n_unroll, bwd_sink=sink)
+        hooks = SolveHooks(mode=mode, deq_cfg=deq_cfg, n_unroll=n_unroll, bwd_sink=sink)
+        logits, aux = model(tokens[:, :-1], hooks)
         return lm_loss(logits, tokens[:, 1:]), aux
 
     def step(state, opt_state, tokens):

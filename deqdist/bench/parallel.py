@@ -36,11 +36,11 @@ def _step(model, tokens, deq_cfg, sizes):
     import jax
     from flax import nnx
 
-    from ..model import lm_loss, local_solve
+    from ..model import SolveHooks, lm_loss, local_solve
     from ..parallel import ParallelConfig, batch_sharding, make_mesh, make_solve, param_shardings
 
     def loss_fn(m, t, solve):
-        logits, _ = m(t, deq_cfg=deq_cfg, solve=solve)
+        logits, _ = m(t, SolveHooks(deq_cfg=deq_cfg, solve=solve))
         return lm_loss(logits[:, :-1], t[:, 1:])
 
     graphdef, state = nnx.split(model)

@@ -41,7 +41,8 @@ from flax import nnx
 from deqdist.deq import DEQConfig
 from deqdist.model.block import prepare_block_params
 from deqdist.model.layers import rope_at
-from deqdist.model.transformer import DEQTransformer, EquilibriumSolve, local_solve
+from deqdist.model.hooks import SolveHooks
+from deqdist.model.transformer import DEQTransformer
 from deqdist.solvers import SampleReduce, SolveStats, solve
 
 
@@ -73,8 +74,8 @@ def _slot_positions(length: jax.Array, c: int) -> jax.Array:
     return last - jnp.mod(last - j, c)
 
 
-def prefill(model: DEQTransformer, tokens: jax.Array, lengths: jax.Array, deq_cfg: DEQConfig,
-            solve_hook: EquilibriumSolve = local_solve) -> tuple[jax.Array, KVCache, SolveStats]:
+def prefill(model: DEQTransformer, tokens: jax.Array, lengths: jax.Array,
+            deq_cfg: DEQConfig) -> tuple[jax.Array, KVCache, SolveStats]:
     """Solve the right-padded prompts (B, P) once, causally, and fill the cache from z*.
 
     Returns the logits (B, V) at each row's last prompt token, the cache, and the
@@ -83,7 +84,7 @@ def prefill(model: DEQTransformer, tokens: jax.Array, lengths: jax.Array, deq_cf
     c = capacity(model)
     if tokens.shape[1] > model.cfg.seq_len:
         raise ValueError(f"prompt buffer of {tokens.shape[1]} tokens is longer than seq_len {model.cfg.seq_len}")
-    z, aux = model.features(tokens, mode="deq", deq_cfg=deq_cfg, solve=solve_hook)
+    z, aux = model.features(tokens, SolveHooks(deq_cfg=deq_cfg))
     k, v = _prepared_block(model).keys_values(z, model.inject(tokens))
     last = (lengths - 1)[:, None, None]
     z_last = jnp.take_along_axis(z, last, axis=1)  # (B, 1, D)

@@ -28,7 +28,7 @@ import optax
 
 from deqdist.config import Config
 from deqdist.deq import backward_sink
-from deqdist.model import lm_loss
+from deqdist.model import SolveHooks, lm_loss
 from deqdist.regularize import jacobian_penalty
 from deqdist.train import mesh as meshlib
 from deqdist.train.state import StateSpec, merge, state_spec
@@ -89,10 +89,9 @@ class Steps:
     def _forward(self, params, tokens, *, mode: str, key, deterministic: bool, jac: bool, sink=None):
         cfg = self.cfg
         model = merge(self.spec, params)
-        return model(
-            tokens, mode=mode, deq_cfg=cfg.solver, n_unroll=cfg.model.n_unroll, solve=self.solve,
-            unroll=self.unroll, bwd_sink=sink, deterministic=deterministic, key=key, jac_reg=jac,
-        )
+        hooks = SolveHooks(mode=mode, deq_cfg=cfg.solver, n_unroll=cfg.model.n_unroll, solve=self.solve,
+                           unroll=self.unroll, bwd_sink=sink, jac_samples=int(jac))
+        return model(tokens, hooks, deterministic=deterministic, key=key)
 
     # -------------------------------------------------------------- train
     def train_step(self, step: int) -> Callable:
@@ -203,8 +202,7 @@ class Steps:
 
             def fn(params, batch):
                 model = merge(spec, params)
-                z, _ = model.features(batch["inputs"], mode="deq", deq_cfg=self.cfg.solver, solve=self.solve,
-                                      unroll=self.unroll, deterministic=True)
+                z, _ = model.features(batch["inputs"], SolveHooks(deq_cfg=self.cfg.solver, solve=self.solve))
                 rho = model.jacobian_spectral_radius(batch["inputs"], z, jax.random.key(0)).astype(jnp.float32)
                 return {"spectral_radius": jnp.mean(rho), "spectral_radius_max": jnp.max(rho)}
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from deqdist.deq import DEQConfig
-from deqdist.model import get_preset, lm_loss, local_solve
+from deqdist.model import SolveHooks, get_preset, lm_loss, local_solve
 from deqdist.parallel import ParallelConfig, batch_sharding, make_mesh, make_solve, param_shardings
 from deqdist.solvers import SolverConfig
 
@@ -28,7 +28,7 @@ def model_and_tokens(batch: int = 8, seq: int = 64, seed: int = 0):
 
 
 def loss_fn(model, tokens, cfg: DEQConfig, solve):
-    z, aux = model.features(tokens, deq_cfg=cfg, solve=solve)
+    z, aux = model.features(tokens, SolveHooks(deq_cfg=cfg, solve=solve))
     aux["z"] = z
     return lm_loss(model.head(z)[:, :-1], tokens[:, 1:]), aux
 
