@@ -147,9 +147,10 @@ def _replica_rows(preset: str, batch: int, repeats: int, run_dir: str | None) ->
     import jax
     import jax.numpy as jnp
     import numpy as np
+    from jax.sharding import NamedSharding
 
     from ..deq import backward_sink
-    from ..parallel import ParallelConfig, check_divisible, make_mesh, make_solve
+    from ..parallel import ParallelConfig, activation_spec, check_divisible, make_mesh, make_solve
     from .common import table
 
     if run_dir:
@@ -168,7 +169,9 @@ def _replica_rows(preset: str, batch: int, repeats: int, run_dir: str | None) ->
         m = model.cfg
         mesh = make_mesh(ParallelConfig(*sizes))
         try:
-            check_divisible(mesh, ParallelConfig(*sizes), batch=batch, seq=m.seq_len, heads=m.n_heads, mlp=m.d_mlp)
+            for name, size in (("batch", batch), ("seq", m.seq_len), ("heads", m.n_heads), ("mlp", m.d_mlp)):
+                spec = activation_spec(ParallelConfig(*sizes), name)
+                check_divisible((size,), NamedSharding(mesh, spec), f"logical axis {name!r}")
         except ValueError as e:
             rows.append([str(sizes)] + ["-"] * 7 + [f"skipped: {e}"])
             continue

@@ -1,10 +1,11 @@
 import jax
 import pytest
 from flax import nnx
-from jax.sharding import PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from deqdist.model import get_preset
-from deqdist.parallel import ParallelConfig, check_divisible, make_mesh, param_shardings, state_specs
+from deqdist.parallel import (ParallelConfig, activation_spec, check_divisible, make_mesh, param_shardings,
+                              state_specs)
 
 
 def test_mesh_sizes_and_rest_of_devices():
@@ -35,11 +36,19 @@ def test_dcn_factor_groups_devices_by_process():
 
 def test_divisibility_errors_name_the_numbers():
     mesh = make_mesh(ParallelConfig(data=2, tensor=4))
-    check_divisible(mesh, ParallelConfig(), batch=8, seq=64, heads=8)
+
+    def check(name, size):
+        sharding = NamedSharding(mesh, activation_spec(ParallelConfig(), name))
+        check_divisible((size,), sharding, f"logical axis {name!r}")
+
+    for name, size in (("batch", 8), ("seq", 64), ("heads", 8)):
+        check(name, size)
     with pytest.raises(ValueError, match=r"logical axis 'heads' dim 0 has size 2, not divisible by the 4 devices of mesh axes \(tensor=4\)"):
-        check_divisible(mesh, ParallelConfig(), heads=2)
+        check("heads", 2)
     with pytest.raises(ValueError, match=r"'batch' dim 0 has size 3, not divisible by the 2 devices of mesh axes \(data=2, fsdp=1\)"):
-        check_divisible(mesh, ParallelConfig(), batch=3)
+        check("batch", 3)
+    # Replicated dimensions and dimensions the spec does not name are not checked.
+    check_divisible((3, 8, 7), NamedSharding(mesh, P(None, "tensor")), "x")
 
 
 def test_param_shardings_follow_the_rule_table():
