@@ -64,7 +64,7 @@ def _run(preset: str, batch: int) -> str:
 
     from ..deq import DEQConfig
     from ..model import get_preset
-    from ..parallel.inspect import has_buffer, solver_loops
+    from ..parallel.hlo import has_buffer, solver_loops
     from ..solvers import SolverConfig
     from ..solvers.broyden import history_shape
     from .common import table
