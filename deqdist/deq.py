@@ -78,24 +78,24 @@ def unroll(f: Callable[[Any, jax.Array, Any], jax.Array], params: Any, x: Any, z
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _deq(f, cfg: DEQConfig, red: SampleReduce, params, x, z0, sink):
-    return solve(lambda z: f(params, z, x), z0, cfg.fwd, red)
+def _deq(f, cfg: DEQConfig, reduce: SampleReduce, params, x, z0, sink):
+    return solve(lambda z: f(params, z, x), z0, cfg.fwd, reduce)
 
 
-def _deq_fwd(f, cfg, red, params, x, z0, sink):
-    z, stats = solve(lambda z: f(params, z, x), z0, cfg.fwd, red)
+def _deq_fwd(f, cfg, reduce, params, x, z0, sink):
+    z, stats = solve(lambda z: f(params, z, x), z0, cfg.fwd, reduce)
     return (z, stats), (params, x, z, z0, sink)
 
 
-def _deq_bwd(f, cfg: DEQConfig, red: SampleReduce, res, cts):
+def _deq_bwd(f, cfg: DEQConfig, reduce: SampleReduce, res, cts):
     params, x, z, z0, sink = res
     dz = cts[0]
     if cfg.grad == "implicit":
         _, vjp_z = jax.vjp(lambda z: f(params, z, x), z)
         # The adjoint map is affine, g -> g J + dz: |dz| is its scale (|b|), whatever J is.
-        g, st = solve(lambda g: vjp_z(g)[0] + dz, dz, cfg.bwd, red, scale=red.norm(dz))
-        sink_ct = {"nstep": st.nstep, "abs_residual": st.abs_residual,
-                   "rel_residual": st.rel_residual, "converged": st.converged, "loop_iters": st.loop_iters}
+        g, stats = solve(lambda g: vjp_z(g)[0] + dz, dz, cfg.bwd, reduce, scale=reduce.norm(dz))
+        sink_ct = {"nstep": stats.nstep, "abs_residual": stats.abs_residual,
+                   "rel_residual": stats.rel_residual, "converged": stats.converged, "loop_iters": stats.loop_iters}
         _, vjp_px = jax.vjp(lambda p, x: f(p, z, x), params, x)
         dp, dx = vjp_px(g)
     elif cfg.grad == "phantom":

@@ -32,7 +32,7 @@ slot, validity mask) is a (B,) array, so rows advance independently.
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -100,21 +100,22 @@ def step(model: DEQTransformer, cache: KVCache, token: jax.Array,
     cache (forward solver of deq_cfg, from the previous z*), return its logits (B, V),
     the updated cache and the solve's stats."""
     c = capacity(model)
-    rb = model.cfg.rope_base
+    rope_base = model.cfg.rope_base
     t = cache.length  # (B,) position of the new token
     qpos = jnp.minimum(t, c)[:, None]  # (B, 1)
     dist = t[:, None] - _slot_positions(t, c)  # (B, C) in 1..C for filled slots
-    k_cache = rope_at(cache.k, qpos - dist, rb)  # fixed during the solve: rotated once
+    k_cache = rope_at(cache.k, qpos - dist, rope_base)  # fixed during the solve: rotated once
     valid = jnp.arange(c)[None] < t[:, None]
     mask = jnp.concatenate([valid, jnp.ones_like(valid[:, :1])], axis=1)[:, None, None, :]
 
     def attend(q, k, v):
-        keys = jnp.concatenate([k_cache, rope_at(k, qpos, rb)], axis=1)
+        keys = jnp.concatenate([k_cache, rope_at(k, qpos, rope_base)], axis=1)
         values = jnp.concatenate([cache.v, v], axis=1)
-        return jax.nn.dot_product_attention(rope_at(q, qpos, rb), keys, values, mask=mask)
+        return jax.nn.dot_product_attention(rope_at(q, qpos, rope_base), keys, values, mask=mask)
 
     block = _prepared_block(model)
     x = model.inject(token[:, None])
+
     def f(z):
         return block(z, x, attend=attend)
 
@@ -131,21 +132,4 @@ def step(model: DEQTransformer, cache: KVCache, token: jax.Array,
     return model.head(z)[:, 0], cache, stats
 
 
-def teacher_forced_logits(model: DEQTransformer, prompt: jax.Array, follow: jax.Array, deq_cfg: DEQConfig,
-                          lengths: Any = None) -> tuple[jax.Array, jax.Array]:
-    """Logits the cached path gives for prompt (B, P) followed by the given tokens (B, N):
-    (B, N+1, V) (the first row from the prompt, then one per fed token) and the per-token
-    solver iterations (N, B). For tests and checks; decoding feeds its own samples."""
-    if lengths is None:
-        lengths = jnp.full((prompt.shape[0],), prompt.shape[1], jnp.int32)
-    lg0, cache, _ = prefill(model, prompt, lengths, deq_cfg)
-
-    def body(cache, tok):
-        lg, cache, st = step(model, cache, tok, deq_cfg)
-        return cache, (lg, st.nstep)
-
-    _, (lgs, iters) = jax.lax.scan(body, cache, follow.T)
-    return jnp.concatenate([lg0[:, None], jnp.moveaxis(lgs, 0, 1)], axis=1), iters
-
-
-__all__ = ["KVCache", "capacity", "prefill", "step", "teacher_forced_logits"]
+__all__ = ["KVCache", "capacity", "prefill", "step"]

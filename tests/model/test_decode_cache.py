@@ -14,12 +14,28 @@ from flax import nnx
 
 from deqdist.deq import DEQConfig
 from deqdist.model import SolveHooks, get_preset
-from deqdist.model.decode import teacher_forced_logits
+from deqdist.model.decode import prefill, step
 from deqdist.model.layers import rope
 from deqdist.solvers import SolverConfig
 
 TIGHT = DEQConfig(fwd=SolverConfig(tol=1e-6, max_iter=100))
 ATOL = 2e-4
+
+
+def teacher_forced_logits(model, prompt, follow, deq_cfg, lengths=None):
+    """Logits the cached path gives for prompt (B, P) followed by the given tokens (B, N):
+    (B, N+1, V) (the first row from the prompt, then one per fed token) and the per-token
+    solver iterations (N, B)."""
+    if lengths is None:
+        lengths = jnp.full((prompt.shape[0],), prompt.shape[1], jnp.int32)
+    first, cache, _ = prefill(model, prompt, lengths, deq_cfg)
+
+    def body(cache, token):
+        logits, cache, stats = step(model, cache, token, deq_cfg)
+        return cache, (logits, stats.nstep)
+
+    _, (rest, iters) = jax.lax.scan(body, cache, follow.T)
+    return jnp.concatenate([first[:, None], jnp.moveaxis(rest, 0, 1)], axis=1), iters
 
 
 def _right_padded(rows, width):
