@@ -52,16 +52,16 @@ class DEQTransformer(nnx.Module):
         cfg.validate()
         self.cfg = cfg
         d, v = cfg.d_model, cfg.vocab_size
-        pdt = cfg.storage_dtype
+        param_dtype = cfg.storage_dtype
         w_init = nnx.initializers.normal(cfg.embed_init_std)
-        self.embed = named_param(rngs, w_init, (v, d), ("vocab", "embed"), pdt)
-        self.ln_inj = LayerNorm(d, eps=cfg.ln_eps, scale_init=cfg.inject_scale, dtype=pdt)
+        self.embed = named_param(rngs, w_init, (v, d), ("vocab", "embed"), param_dtype)
+        self.ln_inj = LayerNorm(d, eps=cfg.ln_eps, scale_init=cfg.inject_scale, dtype=param_dtype)
         self.block = DEQBlock(cfg, rngs=rngs)
-        self.ln_f = LayerNorm(d, eps=cfg.ln_eps, dtype=pdt)
+        self.ln_f = LayerNorm(d, eps=cfg.ln_eps, dtype=param_dtype)
         if cfg.tie_embeddings:
             self.lm_head = None
         else:
-            self.lm_head = named_param(rngs, w_init, (d, v), ("embed", "vocab"), pdt)
+            self.lm_head = named_param(rngs, w_init, (d, v), ("embed", "vocab"), param_dtype)
 
     def inject(self, tokens: jax.Array, *, deterministic: bool = True, key: jax.Array | None = None) -> dict:
         """x = {"inj": LN_inj(embed(tokens)), "mask_attn", "mask_mlp"} (masks only when dropping).
