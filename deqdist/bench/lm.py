@@ -35,7 +35,7 @@ END_WINDOW = 200
 
 
 def _read(run_dir: Path) -> tuple[list[dict], dict]:
-    recs = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return recs, json.loads((run_dir / "results.json").read_text())
 
 

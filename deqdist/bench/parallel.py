@@ -49,7 +49,7 @@ def _run(preset: str, batch: int) -> str:
 
     from .. import presets
     from ..config import load_config
-    from ..parallel.inspect import has_buffer, solver_loops
+    from ..parallel.hlo import has_buffer, solver_loops
     from ..solvers.broyden import history_shape
     from .common import table
 
@@ -133,9 +133,10 @@ def _replica_rows(preset: str, batch: int, repeats: int, run_dir: str | None) ->
     import jax
     import jax.numpy as jnp
     import numpy as np
+    from jax.sharding import NamedSharding
 
     from ..deq import backward_sink
-    from ..parallel import ParallelConfig, check_divisible, make_mesh, make_solve
+    from ..parallel import ParallelConfig, activation_spec, check_divisible, make_mesh, make_solve
     from .common import table
 
     if run_dir:
@@ -154,7 +155,9 @@ def _replica_rows(preset: str, batch: int, repeats: int, run_dir: str | None) ->
         m = model.cfg
         mesh = make_mesh(ParallelConfig(*sizes))
         try:
-            check_divisible(mesh, ParallelConfig(*sizes), batch=batch, seq=m.seq_len, heads=m.n_heads, mlp=m.d_mlp)
+            for name, size in (("batch", batch), ("seq", m.seq_len), ("heads", m.n_heads), ("mlp", m.d_mlp)):
+                spec = activation_spec(ParallelConfig(*sizes), name)
+                check_divisible((size,), NamedSharding(mesh, spec), f"logical axis {name!r}")
         except ValueError as e:
             rows.append([str(sizes)] + ["-"] * 7 + [f"skipped: {e}"])
             continue

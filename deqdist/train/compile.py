@@ -31,7 +31,7 @@ import jax
 
 from deqdist.bench.common import table
 from deqdist.config import Config, ConfigError, load_config
-from deqdist.parallel.inspect import solver_loops
+from deqdist.parallel.hlo import solver_loops
 from deqdist.train.step import Steps
 
 EXIT_DOES_NOT_FIT = 5

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from deqdist.config import Config
-from deqdist.model import decode
+from deqdist.model import SolveHooks, decode
 from deqdist.train import mesh as train_mesh
 from deqdist.train.state import StateSpec, merge
 
@@ -70,7 +70,7 @@ def _windowed_sampler(spec: StateSpec, cfg: Config, n_new: int):
             L = prompt_len + i  # tokens so far
             start = jnp.maximum(L - S, 0)
             window = jax.lax.dynamic_slice(buf, (0, start), (1, S))
-            logits, aux = model(window, mode="deq", deq_cfg=cfg.solver)
+            logits, aux = model(window, SolveHooks(deq_cfg=cfg.solver))
             next_logits = jax.lax.dynamic_index_in_dim(logits, L - 1 - start, axis=1, keepdims=False)
             tok, key = _pick(next_logits, key, temperature, row[None])
             st = aux["fwd_stats"]

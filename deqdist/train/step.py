@@ -31,7 +31,7 @@ import optax
 
 from deqdist.config import Config
 from deqdist.deq import backward_sink
-from deqdist.model import lm_loss
+from deqdist.model import SolveHooks, lm_loss
 from deqdist.regularize import jacobian_penalty
 from deqdist.train.mesh import batch_sharding, build_mesh, hooks as solver_hooks
 from deqdist.train.state import StateSpec, merge, state_spec
@@ -92,10 +92,9 @@ class Steps:
         """(logits, aux) with the features z in aux["z"] (unused outputs cost nothing once compiled)."""
         cfg = self.cfg
         model = merge(self.spec, params)
-        z, aux = model.features(
-            tokens, mode=mode, deq_cfg=cfg.solver, n_unroll=cfg.train.n_unroll, solve=self.solve,
-            unroll=self.unroll, bwd_sink=sink, deterministic=deterministic, key=key, jac_reg=jac,
-        )
+        hooks = SolveHooks(mode=mode, deq_cfg=cfg.solver, n_unroll=cfg.train.n_unroll, solve=self.solve,
+                           unroll=self.unroll, bwd_sink=sink, jac_samples=int(jac))
+        z, aux = model.features(tokens, hooks, deterministic=deterministic, key=key)
         return model.head(z), {**aux, "z": z}
 
     def _loss_and_grads(self, params, batch, *, mode: str, jac: bool, key, deterministic: bool):
@@ -222,8 +221,7 @@ class Steps:
 
             def fn(params, batch):
                 model = merge(spec, params)
-                z, _ = model.features(batch["inputs"], mode="deq", deq_cfg=self.cfg.solver, solve=self.solve,
-                                      unroll=self.unroll, deterministic=True)
+                z, _ = model.features(batch["inputs"], SolveHooks(deq_cfg=self.cfg.solver, solve=self.solve))
                 rho = model.jacobian_spectral_radius(batch["inputs"], z, jax.random.key(0)).astype(jnp.float32)
                 return {"spectral_radius": jnp.mean(rho), "spectral_radius_max": jnp.max(rho)}
 
