@@ -6,6 +6,7 @@ import math
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding
 
 from .config import AXES, ParallelConfig
@@ -34,7 +35,14 @@ def make_mesh(cfg: ParallelConfig, devices=None) -> Mesh:
     sizes = resolve_sizes(cfg, len(devices))
     types = (AxisType.Auto,) * len(AXES)
     if cfg.dcn_data == 1:
-        return jax.make_mesh(sizes, AXES, axis_types=types, devices=devices)
+        try:
+            return jax.make_mesh(sizes, AXES, axis_types=types, devices=devices)
+        except NotImplementedError:
+            # JAX maps each mesh axis onto whole physical TPU axes and gives up on shapes such as
+            # (2, 2, 4) on a 2x2x4 slice; splitting a physical axis still gives a valid (if less
+            # local) layout, as MaxText's allow_split_physical_axes does.
+            arr = mesh_utils.create_device_mesh(sizes, devices, allow_split_physical_axes=True)
+            return Mesh(arr, AXES, axis_types=types)
     # Multi-slice / multi-host: the outer part of `data` runs across groups (slow links),
     # everything else stays inside one group. Multi-slice TPUs group by slice; otherwise
     # (multi-node GPU, CPU) a process is the unit.

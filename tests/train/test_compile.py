@@ -103,3 +103,14 @@ def test_too_big_for_hbm_is_exit_3(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("deqdist compile: does not fit: the deq step"), p.stderr[-3000:]
     (row,) = json.loads(out.read_text())["variants"]
     assert not row["fits"]
+
+
+def test_a_mesh_that_splits_a_physical_axis_builds(tmp_path):
+    """(2,2,4) on a 2x2x4 slice: JAX's topology-aware assignment gives up on it, the mesh still builds."""
+    code = ("import json; from deqdist.train.compile import topology_devices; "
+            "from deqdist.parallel import ParallelConfig, make_mesh; "
+            "m = make_mesh(ParallelConfig(2, 2, 4), topology_devices('v5p:2x2x4')); "
+            "print(json.dumps(dict(m.shape)))")
+    p = subprocess.run([cli_cmd()[0], "-c", code], env=cli_env(), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert json.loads(p.stdout.strip().splitlines()[-1]) == {"data": 2, "fsdp": 2, "tensor": 4}
