@@ -54,6 +54,9 @@ class ModelConfig:
     inject_scale:    initial gain of the injection LayerNorm (strength of x
                      relative to z; larger = more contractive at init).
     rope_base:       rotary embedding base.
+    attention_block: 0 = dense causal attention (S x S scores); N > 0 = blockwise attention
+                     over blocks of N positions with an online softmax, memory linear in S
+                     (deqdist/model/attention.py); for long contexts.
     ln_eps:          LayerNorm epsilon.
     n_unroll:        default number of block applications of the explicit twin.
     jac_reg_every:   trainer hint: request the Hutchinson Jacobian estimate every
@@ -87,6 +90,7 @@ class ModelConfig:
     inject_scale: float = 1.0
     embed_init_std: float = 0.02
     rope_base: float = 10000.0
+    attention_block: int = 0
     ln_eps: float = 1e-5
     n_unroll: int = 12
     jac_reg_every: int = 0
@@ -140,6 +144,10 @@ class ModelConfig:
             v = getattr(self, name)
             if not v > 0:
                 raise ValueError(f"model.{name} must be > 0, got {v!r}")
+        if not isinstance(self.attention_block, int) or isinstance(self.attention_block, bool) \
+                or self.attention_block < 0:
+            raise ValueError(f"model.attention_block must be an integer >= 0 (0 = dense attention), "
+                             f"got {self.attention_block!r}")
         if not isinstance(self.jac_reg_every, int) or self.jac_reg_every < 0:
             raise ValueError(f"model.jac_reg_every must be an integer >= 0, got {self.jac_reg_every!r}")
         if self.jac_reg_weight < 0:
