@@ -36,6 +36,7 @@ def blockwise_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, block: 
     value product (as `jax.nn.dot_product_attention` does), the accumulator is float32.
     """
     b, s, h, dh = q.shape
+    block = min(block, s)  # a short sequence is one block, not a padded one
     n = -(-s // block)
     pad = n * block - s
     if pad:
