@@ -29,7 +29,7 @@ def _qkv(dtype, s=S):
     return tuple(jax.random.normal(k, (2, s, 3, 8), dtype) for k in keys)
 
 
-@pytest.mark.parametrize("block", [4, 7, 32])  # 7 and 32 do not divide S = 20: padded
+@pytest.mark.parametrize("block", [4, 7, 32])  # 7 does not divide S = 20 (padded); 32 > S (one block)
 def test_values_and_gradients_float64(block):
     with jax.enable_x64(True):
         q, k, v = _qkv(jnp.float64)
