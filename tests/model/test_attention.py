@@ -112,3 +112,25 @@ def test_sharded_deq_step_equals_single_device_dense():
 def test_config_rejects_negative_block():
     with pytest.raises(ValueError, match="model.attention_block must be an integer >= 0"):
         get_preset("tiny", attention_block=-1)
+
+
+def _jac_term_temp_bytes(seq: int, block: int) -> int:
+    """Temporary bytes of the compiled gradient of a Hutchinson-style |eps^T J|^2 through attention."""
+    attn = ((lambda q, k, v: blockwise_causal_attention(q, k, v, block)) if block
+            else (lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True)))
+
+    def jac_term(q, k, v):
+        _, vjp = jax.vjp(attn, q, k, v)
+        return sum(jnp.sum(t * t) for t in vjp(jnp.ones_like(q)))
+
+    arg = jax.ShapeDtypeStruct((1, seq, 2, 32), jnp.float32)
+    compiled = jax.jit(jax.grad(jac_term, argnums=(0, 1, 2))).lower(arg, arg, arg).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+
+def test_memory_grows_linearly_with_the_sequence():
+    """Twice the sequence, at most ~twice the temporaries (dense: four times), even through the
+    second-order gradient the Jacobian term takes; and far less than dense at the longer one."""
+    short, long = _jac_term_temp_bytes(2048, 256), _jac_term_temp_bytes(4096, 256)
+    assert long <= 2.5 * short
+    assert long * 8 <= _jac_term_temp_bytes(4096, 0)
