@@ -1,6 +1,6 @@
 # deqdist on NVIDIA GPUs: CUDA JAX from pip wheels (the cuda12 extra of pyproject.toml).
 #   docker build -t deqdist .
-#   docker run --rm --gpus all --ipc=host -v $PWD/runs:/runs deqdist train --run-dir /runs/small --config configs/small.yaml
+#   docker run --rm --gpus all --ipc=host -v $PWD/runs:/runs deqdist train --run-dir /runs/small --config small
 # Python 3.11, the interpreter the pinned JAX stack is tested with. The CUDA runtime,
 # cuDNN and NCCL come as pip wheels with jax[cuda12]; the base image needs only the driver
 # that `docker run --gpus` mounts.
@@ -16,7 +16,6 @@ RUN useradd --create-home --uid 1000 deqdist
 WORKDIR /opt/deqdist
 COPY --chown=deqdist pyproject.toml README.md ./
 COPY --chown=deqdist deqdist ./deqdist
-COPY --chown=deqdist configs ./configs
 # One resolver call, every dependency from pyproject.toml.
 RUN pip install ".[cuda12]"
 

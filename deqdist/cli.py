@@ -1,19 +1,20 @@
-"""`deqdist` command line: train | eval | generate | config | info | compile | bench.
+"""The `deqdist` command line: argparse subparsers, one per command (`deqdist --help` lists them).
 
-    deqdist train [--config FILE] [--run-dir DIR] [--stop-after N] [key=value ...]
-    deqdist eval RUN_DIR [--split valid|test|both] [--batches N] [key=value ...]
-    deqdist generate RUN_DIR [--prompt TEXT | --prompt-ids 1,2,3] [--tokens N] [--temperature T] [--no-cache] [key=value ...]
-    deqdist config [--config FILE] [key=value ...]       print the resolved config
-    deqdist info [--config FILE] [--run-dir DIR] [--json] [key=value ...]   versions, devices, the mesh
-    deqdist compile --topology NAME [--slices N] [--config FILE] [key=value ...]
-                                                         compile the train steps for a TPU slice
-    deqdist bench solvers|model|parallel|generate|integrity|lm [--repeats N] [--preset NAME] [--batch N] [--steps N] [--run-dir DIR] [key=value ...]
+Each command is a pair: `_add_<command>` declares its parser and binds `_<command>`,
+which checks what argparse cannot and runs it.
+
+The library judgement for the CLI: argparse subparsers carry the commands, their
+help and the usage errors. tyro and draccus build a CLI from the config
+dataclasses, but as `--train.lr 3e-4` flags; deqdist's overrides are
+`train.lr=3e-4` positionals shared with YAML layering (deqdist.config), which
+neither parses.
 
 Bad input (unknown key, wrong type, bad mesh sizes, missing data, a run
-directory that does not fit) prints one line on stderr and exits with 2;
-nothing is written. A multi-process job that fails (a peer never joins or is
-lost) exits with 3 and one line; too many consecutive non-finite steps exit with 4;
-`compile` exits with 5 when a train step does not fit the slice.
+directory that does not fit) is a `deqdist.errors.UserError`: `main` prints its
+one line on stderr and exits with 2; nothing is written. A multi-process job
+that fails (a peer never joins or is lost) exits with 3 and one line; too many
+consecutive non-finite steps exit with 4; `compile` exits with 5 when a train
+step does not fit the slice.
 """
 from __future__ import annotations
 
@@ -26,21 +27,37 @@ import math
 import os
 import sys
 
-COMMANDS = ("train", "eval", "generate", "config", "info", "compile", "bench")
+from deqdist import presets
+from deqdist.errors import UserError
+
 BENCHES = ("solvers", "model", "parallel", "generate", "integrity", "lm")
+OVERRIDES_HELP = "dotted overrides, e.g. solver.max_iter=20 train.steps=100 parallel.tensor=4"
+CONFIG_HELP = "YAML config file or preset name (" + ", ".join(presets.names()) + ")"
 
 
-class UsageError(Exception):
-    pass
+class UsageError(UserError):
+    """A command line that argparse or a command's own checks refuse."""
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (and exit code 2) like every other bad input."""
-
+    # argparse prints usage and exits on its own; every bad input here is one line and exit 2 instead.
     def error(self, message: str):
-        # argparse lists an empty `key=value ...` among the missing positionals; it never is.
-        message = message.replace(", key=value", "")
         raise UsageError(f"{message}; see `{self.prog} --help`")
+
+
+def build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser (its help lists the commands) and each command's parser by name."""
+    top = _Parser(prog="deqdist", description="Deep Equilibrium Transformers on many devices.",
+                  epilog="`deqdist COMMAND --help` describes a command.")
+    commands = top.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
+    for add in (_add_train, _add_eval, _add_generate, _add_config, _add_info, _add_compile, _add_bench):
+        add(commands)
+    return top, commands.choices
+
+
+def _add_overrides(p: argparse.ArgumentParser, help_text: str = OVERRIDES_HELP) -> None:
+    # default=[] keeps argparse from counting the (optional) overrides among the required arguments.
+    p.add_argument("overrides", nargs="*", default=[], metavar="key=value", help=help_text)
 
 
 def _add_distributed(p: argparse.ArgumentParser) -> None:
@@ -54,103 +71,6 @@ def _add_distributed(p: argparse.ArgumentParser) -> None:
                    help="longest wait for the coordinator and every peer (env DEQDIST_INIT_TIMEOUT, default 300)")
 
 
-OVERRIDES_HELP = "dotted overrides, e.g. solver.max_iter=20 train.steps=100 parallel.tensor=4"
-
-
-def build_parsers() -> dict[str, argparse.ArgumentParser]:
-    ps: dict[str, argparse.ArgumentParser] = {}
-    p = _Parser(prog="deqdist train", description="Train (or resume) a DEQ-Transformer.")
-    p.add_argument("--config", metavar="FILE", help="YAML config (default: the tiny preset, or RUN_DIR's config "
-                   "when resuming)")
-    p.add_argument("--run-dir", metavar="DIR", help="run directory (default: runs/<config>-<time>); an existing "
-                   "one resumes from its latest checkpoint")
-    p.add_argument("--stop-after", type=int, metavar="N", help="train at most N steps in this invocation, "
-                   "checkpoint and exit 0 (resume later)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
-    _add_distributed(p)
-    ps["train"] = p
-
-    p = _Parser(prog="deqdist eval", description="Valid/test metrics of a run's latest checkpoint (DEQ mode).")
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--split", choices=["valid", "test", "both"], default="both")
-    p.add_argument("--batches", type=int, metavar="N",
-                   help="global batches per split (default: data.eval_batches / train.test_batches)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP + " (not model shapes)")
-    _add_distributed(p)
-    ps["eval"] = p
-
-    p = _Parser(prog="deqdist generate", description="Sample from a run's latest checkpoint (DEQ mode).")
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--prompt", help="text prompt (byte corpora; default: logging.sample_prompt)")
-    g.add_argument("--prompt-ids", metavar="1,2,3", help="prompt as comma-separated token ids")
-    p.add_argument("--tokens", type=int, default=200, metavar="N", help="tokens to generate (default 200)")
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-cache", action="store_true",
-                   help="re-solve the whole window for every token instead of decoding with the KV cache")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP + " (not model shapes)")
-    _add_distributed(p)
-    ps["generate"] = p
-
-    p = _Parser(prog="deqdist config", description="Print the resolved config as YAML.")
-    p.add_argument("--config", metavar="FILE")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
-    ps["config"] = p
-
-    p = _Parser(prog="deqdist info", description="Versions, backend, devices, processes and the mesh a config "
-                "would build here; exits 2 with one line if it cannot (launchers run it as their preflight).")
-    p.add_argument("--config", metavar="FILE")
-    p.add_argument("--run-dir", metavar="DIR", help="resolve the config as `deqdist train --run-dir DIR` would")
-    p.add_argument("--json", action="store_true", help="one JSON object instead of text")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
-    _add_distributed(p)
-    ps["info"] = p
-
-    p = _Parser(prog="deqdist compile", description="Compile the real train steps ahead of time for a TPU "
-                "topology (no TPU needed; needs libtpu: pip install 'deqdist[tpu]') and report per-device memory, "
-                "FLOPs and collectives. Exit 0: fits; 5: a step this config trains does not fit; 2: bad input.")
-    p.add_argument("--topology", required=True, metavar="NAME", help="libtpu topology name, e.g. v5p:2x2x2, "
-                   "v5e:4x4, v6e:8x8, v4:2x2x2")
-    p.add_argument("--slices", type=int, default=1, metavar="N", help="number of slices (multi-slice over DCN; "
-                   "set parallel.dcn_data to N or a multiple)")
-    p.add_argument("--config", metavar="FILE")
-    p.add_argument("--variants", metavar="LIST", help="comma-separated subset of warmup,deq,deq+jac,twin12,twin24 "
-                   "(default: all)")
-    p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
-    ps["compile"] = p
-
-    p = _Parser(prog="deqdist bench", description="Benchmarks: solvers | model | parallel | generate | integrity "
-                "(cost of the finite-step guard and checkpoint checksums) | lm (DEQ vs explicit twin, trained).")
-    p.add_argument("what", choices=BENCHES)
-    p.add_argument("--repeats", type=int, help="timing repeats (solvers, model, parallel, integrity)")
-    p.add_argument("--preset", choices=["tiny", "small", "medium"], help="model preset (model, parallel, integrity, lm)")
-    p.add_argument("--batch", type=int, help="batch size (model, parallel, integrity)")
-    p.add_argument("--steps", type=int, help="training steps of each model (lm; default: the preset's)")
-    p.add_argument("--run-dir", metavar="DIR", help="a run's latest checkpoint: trained parameters (generate, "
-                   "model), a batch drawn through it (parallel); lm: keep the two runs in DIR/deq and DIR/explicit")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="lm: " + OVERRIDES_HELP + " (both runs)")
-    ps["bench"] = p
-    return ps
-
-
-def _top_help() -> str:
-    return (
-        "usage: deqdist {train,eval,generate,config,info,compile,bench} ...\n\n"
-        "Deep Equilibrium Transformers on many devices.\n\n"
-        "commands:\n"
-        "  train      train or resume a run (deqdist train --help)\n"
-        "  eval       valid/test metrics of a run's latest checkpoint\n"
-        "  generate   sample text from a run's latest checkpoint\n"
-        "  config     print the resolved config\n"
-        "  info       versions, devices, processes and the mesh a config would build here\n"
-        "  compile    compile the train steps for a TPU slice you do not have: does the config fit?\n"
-        "  bench      benchmarks: solvers | model | parallel | generate | integrity | lm\n"
-    )
-
-
-# ---------------------------------------------------------------------------
 def _init_distributed(args) -> None:
     from deqdist.train.distributed import maybe_initialize
     from deqdist.train.platform import require_backend
@@ -178,6 +98,20 @@ def _check_args(args) -> None:
                     _check_utf8("override", v)
 
 
+def _add_train(commands) -> None:
+    p = commands.add_parser("train", help="train or resume a run",
+                            description="Train (or resume) a DEQ-Transformer.")
+    p.add_argument("--config", metavar="FILE", help=CONFIG_HELP + "; default: the tiny preset, or RUN_DIR's "
+                   "config when resuming")
+    p.add_argument("--run-dir", metavar="DIR", help="run directory (default: runs/<config>-<time>); an existing "
+                   "one resumes from its latest checkpoint")
+    p.add_argument("--stop-after", type=int, metavar="N", help="train at most N steps in this invocation, "
+                   "checkpoint and exit 0 (resume later)")
+    _add_overrides(p)
+    _add_distributed(p)
+    p.set_defaults(run=_train)
+
+
 def _train(args) -> int:
     _init_distributed(args)
     from deqdist.train import run_train
@@ -191,6 +125,18 @@ def _train(args) -> int:
     return run_train(args.config, args.run_dir, args.overrides, stop_after=args.stop_after)
 
 
+def _add_eval(commands) -> None:
+    p = commands.add_parser("eval", help="valid/test metrics of a run's latest checkpoint",
+                            description="Valid/test metrics of a run's latest checkpoint (DEQ mode).")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--split", choices=["valid", "test", "both"], default="both")
+    p.add_argument("--batches", type=int, metavar="N",
+                   help="global batches per split (default: data.eval_batches / train.test_batches)")
+    _add_overrides(p, OVERRIDES_HELP + " (not model shapes)")
+    _add_distributed(p)
+    p.set_defaults(run=_eval)
+
+
 def _eval(args) -> int:
     _init_distributed(args)
     from deqdist.train import run_eval
@@ -199,6 +145,23 @@ def _eval(args) -> int:
         raise UsageError(f"--batches must be a positive integer, got {args.batches}")
     splits = ("valid", "test") if args.split == "both" else (args.split,)
     return run_eval(args.run_dir, args.overrides, splits=splits, batches=args.batches)
+
+
+def _add_generate(commands) -> None:
+    p = commands.add_parser("generate", help="sample text from a run's latest checkpoint",
+                            description="Sample from a run's latest checkpoint (DEQ mode).")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--prompt", help="text prompt (byte corpora; default: logging.sample_prompt)")
+    g.add_argument("--prompt-ids", metavar="1,2,3", help="prompt as comma-separated token ids")
+    p.add_argument("--tokens", type=int, default=200, metavar="N", help="tokens to generate (default 200)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-cache", action="store_true",
+                   help="re-solve the whole window for every token instead of decoding with the KV cache")
+    _add_overrides(p, OVERRIDES_HELP + " (not model shapes)")
+    _add_distributed(p)
+    p.set_defaults(run=_generate)
 
 
 def _generate(args) -> int:
@@ -225,11 +188,31 @@ def _generate(args) -> int:
                         temperature=args.temperature, seed=args.seed, cache=not args.no_cache)
 
 
+def _add_config(commands) -> None:
+    p = commands.add_parser("config", help="print the resolved config",
+                            description="Print the resolved config as YAML.")
+    p.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    _add_overrides(p)
+    p.set_defaults(run=_config)
+
+
 def _config(args) -> int:
     from deqdist.config import load_config
 
     print(load_config(args.config, args.overrides).to_yaml(), end="")
     return 0
+
+
+def _add_info(commands) -> None:
+    p = commands.add_parser("info", help="versions, devices, processes and the mesh a config would build here",
+                            description="Versions, backend, devices, processes and the mesh a config would "
+                            "build here; exits 2 with one line if it cannot (launchers run it as their preflight).")
+    p.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    p.add_argument("--run-dir", metavar="DIR", help="resolve the config as `deqdist train --run-dir DIR` would")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    _add_overrides(p)
+    _add_distributed(p)
+    p.set_defaults(run=_info)
 
 
 def _info(args) -> int:
@@ -239,11 +222,43 @@ def _info(args) -> int:
     return run_info(args.config, args.run_dir, args.overrides, args.json)
 
 
+def _add_compile(commands) -> None:
+    p = commands.add_parser("compile", help="compile the train steps for a TPU slice you do not have: does the "
+                            "config fit?", description="Compile the real train steps ahead of time for a TPU "
+                            "topology (no TPU needed; needs libtpu: pip install 'deqdist[tpu]') and report "
+                            "per-device memory, FLOPs and collectives. Exit 0: fits; 5: a step this config trains "
+                            "does not fit; 2: bad input.")
+    p.add_argument("--topology", required=True, metavar="NAME", help="libtpu topology name, e.g. v5p:2x2x2, "
+                   "v5e:4x4, v6e:8x8, v4:2x2x2")
+    p.add_argument("--slices", type=int, default=1, metavar="N", help="number of slices (multi-slice over DCN; "
+                   "set parallel.dcn_data to N or a multiple)")
+    p.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    p.add_argument("--variants", metavar="LIST", help="comma-separated subset of warmup,deq,deq+jac,twin12,twin24 "
+                   "(default: all)")
+    p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    _add_overrides(p)
+    p.set_defaults(run=_compile)
+
+
 def _compile(args) -> int:
     from deqdist.train.compile import run_compile
 
     return run_compile(args.config, args.overrides, topology=args.topology, slices=args.slices,
                        variants_text=args.variants, json_path=args.json)
+
+
+def _add_bench(commands) -> None:
+    p = commands.add_parser("bench", help="benchmarks", description="Benchmarks; integrity is the cost of the "
+                            "finite-step guard and checkpoint checksums, lm trains the DEQ and its explicit twin.")
+    p.add_argument("what", choices=BENCHES)
+    p.add_argument("--repeats", type=int, help="timing repeats (solvers, model, parallel, integrity)")
+    p.add_argument("--preset", choices=presets.names(), help="model preset (model, parallel, integrity, lm)")
+    p.add_argument("--batch", type=int, help="batch size (model, parallel, integrity)")
+    p.add_argument("--steps", type=int, help="training steps of each model (lm; default: the preset's)")
+    p.add_argument("--run-dir", metavar="DIR", help="a run's latest checkpoint: trained parameters (generate, "
+                   "model), a batch drawn through it (parallel); lm: keep the two runs in DIR/deq and DIR/explicit")
+    _add_overrides(p, "lm: " + OVERRIDES_HELP + " (both runs)")
+    p.set_defaults(run=_bench)
 
 
 def _bench(args) -> int:
@@ -278,8 +293,9 @@ def keep_large_buffers_in_heap() -> None:
 
     XLA on CPU allocates its large per-call buffers (solver history, activations) afresh
     on every call; above glibc's mmap threshold each one is page-faulted again, which
-    cost more than the solve itself in `bench solvers` (Broyden 19.8 -> 8.3 ms on one
-    case). TCMalloc-style reuse is the usual fix; this is the no-dependency version.
+    can cost more than the solve itself (see `deqdist bench solvers` with and without
+    DEQDIST_SYSTEM_MALLOC=1). TCMalloc-style reuse is the usual fix; this is the
+    no-dependency version.
     Only this process is affected; DEQDIST_SYSTEM_MALLOC=1 opts out.
     """
     if not sys.platform.startswith("linux") or os.environ.get("DEQDIST_SYSTEM_MALLOC"):
@@ -293,32 +309,27 @@ def keep_large_buffers_in_heap() -> None:
     libc.mallopt(m_trim_threshold, 1 << 30)
 
 
-HANDLERS = {"train": _train, "eval": _eval, "generate": _generate, "config": _config, "info": _info,
-            "compile": _compile,
-            "bench": _bench}
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    top, commands = build_parsers()
     if not argv or argv[0] in ("-h", "--help"):
-        print(_top_help(), end="", file=sys.stdout if argv else sys.stderr)
+        top.print_help(sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
     cmd = argv[0]
     keep_large_buffers_in_heap()
-    from deqdist.config import ConfigError
-    from deqdist.data import DataError
-
     try:
-        if cmd not in HANDLERS:
-            raise UsageError(f"unknown command {cmd!r}; use one of {', '.join(COMMANDS)} (deqdist --help)")
-        args = build_parsers()[cmd].parse_intermixed_args(argv[1:])
+        if cmd not in commands:
+            raise UsageError(f"unknown command {cmd!r}; use one of {', '.join(commands)} (deqdist --help)")
+        # The command's own parser, not `top`: argparse cannot read a command's options and its
+        # key=value overrides intermixed through subparsers.
+        args = commands[cmd].parse_intermixed_args(argv[1:])
         _check_args(args)
-        code = HANDLERS[cmd](args)
-    except (UsageError, ConfigError, DataError) as e:
+        code = args.run(args)
+    except UserError as e:
         # Text from the user may hold undecodable bytes (surrogates); show them escaped, never fail on them.
         msg = " ".join(str(e).split()).encode("utf-8", "backslashreplace").decode("utf-8")
-        print(f"deqdist {cmd if cmd in HANDLERS else ''}: error: {msg}".replace("deqdist : ", "deqdist: "),
-              file=sys.stderr, flush=True)
+        prog = f"deqdist {cmd}" if cmd in commands else "deqdist"
+        print(f"{prog}: error: {msg}", file=sys.stderr, flush=True)
         return _exit_now(2)
     except Exception as e:
         _peer_failure(e)

@@ -6,15 +6,16 @@ A `Config` composes the config types that each part of deqdist owns:
     solver      deqdist.deq.DEQConfig        (fwd / bwd: deqdist.solvers.SolverConfig)
     parallel    deqdist.parallel.ParallelConfig
     data        deqdist.data.DataConfig
-    train       TrainConfig       (optimizer, schedule, phases, eval/log cadence, seed)
+    train       TrainConfig       (optimizer, schedule, phases, Jacobian term, eval/log cadence, seed)
     checkpoint  CheckpointConfig  (cadence, retention, async)
     logging     LoggingConfig     (TensorBoard, progress display, end-of-run sample)
 
-Layers are applied in order: the defaults (the `tiny` preset), a YAML file,
-then `key=value` overrides whose values are parsed as YAML (`train.lr=3e-4`,
-`data.split_fractions=[0.8,0.1,0.1]`, `data.cache_dir=null`).
+Layers are applied in order: each field's own default, the default preset's
+file (deqdist/configs/tiny.yaml), a YAML file, then `key=value` overrides whose
+values are parsed as YAML (`train.lr=3e-4`, `data.split_fractions=[0.8,0.1,0.1]`,
+`data.cache_dir=null`).
 
-Shorthands and coupled keys:
+Shorthands, coupled keys and old names:
   * `solver.<field>` for a field of SolverConfig that DEQConfig lacks
     (`solver.max_iter`, `solver.tol`, `solver.method`, ...) sets the *forward*
     solver, i.e. means `solver.fwd.<field>`. Set `solver.bwd.<field>` for the
@@ -22,9 +23,22 @@ Shorthands and coupled keys:
   * `model.seq_len` and `data.seq_len` are one setting (the training context);
     so are `model.vocab_size` and `data.vocab_size`. Setting either sets both;
     giving both with different values in one layer is an error.
+  * `model.n_unroll` and `model.jac_reg_{every,weight,target}` are the old names
+    of `train.n_unroll` and `train.jac_reg_*` (only the trainer reads them); they
+    still work, in overrides and in the config.yaml of older run directories,
+    for this release.
 
-Every problem is a `ConfigError` (a ValueError) whose message is one line and
-names what is valid.
+Every problem is a `ConfigError` (a `deqdist.errors.UserError`) whose message
+is one line and names what is valid.
+
+Why not a library: OmegaConf (structured configs) does typed dataclass
+sections, YAML merging and dotted overrides, and 2.4 even suggests close keys,
+but its errors are multi-line reports in its own words, it takes integers of
+any size and NaN/inf floats, and it has no notion of the solver shorthand, the
+coupled keys or the old names above; translating its errors back would be
+more code than `deqdist.typed_config`. tyro and draccus build `--train.lr`
+flags from dataclasses (see deqdist.cli), not `key=value` layers over YAML.
+So the coercion and the key handling stay here, small and in one place.
 """
 from __future__ import annotations
 
@@ -37,9 +51,11 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from deqdist import presets
 from deqdist.atomic import write_atomic
 from deqdist.data import DataConfig
 from deqdist.deq import DEQConfig
+from deqdist.errors import UserError
 from deqdist.model import ModelConfig
 from deqdist.parallel import ParallelConfig
 from deqdist.solvers import SolverConfig
@@ -49,16 +65,11 @@ SCHEDULES = ("cosine", "linear", "constant")
 PROGRESS = ("auto", "bar", "lines", "off")
 
 
-# ---------------------------------------------------------------------------
-# The orchestrator's own sections
-# ---------------------------------------------------------------------------
 @dataclasses.dataclass
 class TrainConfig:
-    """Optimisation and the loop's cadence.
+    """Optimisation, the training phases, the Jacobian term and the loop's cadence.
 
-    The Jacobian regulariser and the explicit twin's depth are model settings
-    (`model.jac_reg_every`, `model.jac_reg_weight`, `model.n_unroll`); the
-    number of eval batches is `data.eval_batches`.
+    The number of eval batches is `data.eval_batches`.
     """
 
     steps: int = 600  # optimizer steps of the whole run (resume continues to this)
@@ -71,7 +82,15 @@ class TrainConfig:
     b2: float = 0.98
     eps: float = 1e-8
     clip_norm: float = 1.0  # global gradient-norm clip; 0 turns it off
-    warmup_explicit_steps: int = 50  # first N steps train the explicit twin (model.n_unroll steps of f)
+    warmup_explicit_steps: int = 50  # first N steps train the explicit twin (n_unroll applications of f)
+    n_unroll: int = 12  # depth of the explicit twin
+    # The Jacobian term is jac_reg_weight * max(J - jac_reg_target, 0), with J the Hutchinson estimate
+    # of ||J_f(z*)||_F^2 / (S*D): a hinge that leaves the Jacobian free below the target and holds it
+    # there (target 0: a plain linear penalty). J tracks the solver's forward iterations, so a target
+    # near its value after the warm-up keeps them flat.
+    jac_reg_every: int = 0  # add the Jacobian term every k steps (0: never)
+    jac_reg_weight: float = 0.0
+    jac_reg_target: float = 0.0
     eval_every: int = 200  # validation every N steps (0: only at the end)
     log_every: int = 10  # metrics every N steps
     spectral_every: int = 100  # log the spectral radius of J_f at z* every N steps and at the end (0: never)
@@ -81,10 +100,11 @@ class TrainConfig:
     max_diverged_frac: float = 0.5  # reject a step whose forward solve diverged for more than this share of samples
 
     def validate(self) -> "TrainConfig":
-        _positive(self, "train", "steps", "log_every", "max_bad_steps")
+        _positive(self, "train", "steps", "log_every", "max_bad_steps", "n_unroll")
         if not 0 <= self.max_diverged_frac <= 1:
             raise ConfigError(f"train.max_diverged_frac must be in [0, 1], got {self.max_diverged_frac!r}")
-        _non_negative(self, "train", "warmup_steps", "warmup_explicit_steps", "eval_every", "spectral_every")
+        _non_negative(self, "train", "warmup_steps", "warmup_explicit_steps", "eval_every", "spectral_every",
+                      "jac_reg_every")
         if not self.lr > 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr!r}")
         if self.schedule not in SCHEDULES:
@@ -94,7 +114,7 @@ class TrainConfig:
         for name in ("b1", "b2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be in [0, 1), got {getattr(self, name)!r}")
-        for name in ("weight_decay", "clip_norm", "eps"):
+        for name in ("weight_decay", "clip_norm", "eps", "jac_reg_weight", "jac_reg_target"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)!r}")
         if self.test_batches is not None and self.test_batches < 1:
@@ -145,33 +165,18 @@ def _non_negative(obj, section: str, *names: str) -> None:
             raise ConfigError(f"{section}.{n} must be an integer >= 0, got {getattr(obj, n)!r}")
 
 
-# ---------------------------------------------------------------------------
-# The composed config; its defaults are the `tiny` preset (configs/tiny.yaml)
-# ---------------------------------------------------------------------------
-def _tiny_data() -> DataConfig:
-    return DataConfig(seq_len=64, global_batch_size=32, vocab_size=256, eval_batches=20)
-
-
-def _tiny_model() -> ModelConfig:
-    # The Jacobian hinge holds ||J_f||_F^2/(S*D) near 0.1, so the solves stay short as it trains.
-    return ModelConfig(jac_reg_every=1, jac_reg_weight=2.0, jac_reg_target=0.1)
-
-
-def _tiny_solver() -> DEQConfig:
-    return DEQConfig(fwd=SolverConfig(max_iter=30, tol=1e-3), bwd=SolverConfig(max_iter=30, tol=1e-3))
-
-
 @dataclasses.dataclass
 class Config:
-    model: ModelConfig = dataclasses.field(default_factory=_tiny_model)
-    solver: DEQConfig = dataclasses.field(default_factory=_tiny_solver)
+    """The whole run's configuration; `load_config` builds one from the layers (module docstring)."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    solver: DEQConfig = dataclasses.field(default_factory=DEQConfig)
     parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
-    data: DataConfig = dataclasses.field(default_factory=_tiny_data)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
 
-    # -------------------------------------------------------------- validation
     def validate(self) -> "Config":
         """Every part's own checks plus the cross-section ones; ConfigError on the first problem."""
         _wrap(self.model.validate, "")
@@ -200,7 +205,6 @@ class Config:
             )
         return self
 
-    # ------------------------------------------------------------- conversion
     def to_dict(self) -> dict:
         """Plain nested dict (lists for tuples), the form written to config.yaml."""
         return plain(dataclasses.asdict(self))
@@ -213,32 +217,21 @@ class Config:
         write_atomic(path, "# deqdist resolved config: reload with `deqdist train --config THIS_FILE`\n"
                      + self.to_yaml())
 
-    @staticmethod
-    def from_dict(d: Mapping, source: str = "config") -> "Config":
-        return resolve([(d, source)])
-
-    @staticmethod
-    def load(path: str | Path, overrides: Iterable[str] = ()) -> "Config":
-        return load_config(path, overrides)
-
 
 def _wrap(fn, prefix: str) -> None:
     try:
         fn()
-    except ConfigError:
+    except UserError:
         raise
-    except (ValueError, TypeError) as e:  # DataError is a ValueError too
+    except (ValueError, TypeError) as e:  # the parts' own validate() raise plain ValueErrors
         raise ConfigError(prefix + str(e)) from None
 
 
-# ---------------------------------------------------------------------------
-# Key handling: the schema is the dataclass tree itself
-# ---------------------------------------------------------------------------
-SECTIONS = {f.name: f for f in dataclasses.fields(Config)}
 COUPLED = (("model.seq_len", "data.seq_len"), ("model.vocab_size", "data.vocab_size"))
 _SOLVER_FIELDS = {f.name for f in dataclasses.fields(SolverConfig)}
 _DEQ_FIELDS = {f.name for f in dataclasses.fields(DEQConfig)}
 _FWD_ALIASES = sorted(_SOLVER_FIELDS - _DEQ_FIELDS)
+OLD_NAMES = {f"model.{k}": f"train.{k}" for k in ("n_unroll", "jac_reg_every", "jac_reg_weight", "jac_reg_target")}
 
 
 def _section_class(path: tuple[str, ...]):
@@ -271,6 +264,7 @@ def canonical_key(key: str, section_ok: bool = False) -> str:
         raise ConfigError(f"malformed key {key!r}; use dotted names like train.lr or solver.fwd.max_iter")
     if len(parts) == 2 and parts[0] == "solver" and parts[1] in _FWD_ALIASES:
         parts = ("solver", "fwd", parts[1])
+    parts = tuple(OLD_NAMES.get(".".join(parts), ".".join(parts)).split("."))
     cls = Config
     for i, p in enumerate(parts):
         names = {f.name for f in dataclasses.fields(cls)}
@@ -319,12 +313,12 @@ def _field_type(key: str):
     return hints(cls)[parts[-1]]
 
 
-
-# ---------------------------------------------------------------------------
-# Layers: defaults < YAML file < overrides
-# ---------------------------------------------------------------------------
 def _defaults_flat() -> dict[str, Any]:
-    return _flatten(Config().to_dict(), "", "defaults")
+    """The bottom layers: each field's own default, then the default preset's file."""
+    flat = _flatten(Config().to_dict(), "", "defaults")
+    path = presets.path(presets.DEFAULT)
+    _apply(flat, _flatten(read_yaml(path), "", str(path)), str(path))
+    return flat
 
 
 def _apply(flat: dict[str, Any], layer: dict[str, Any], source: str) -> None:
@@ -344,7 +338,8 @@ def _apply(flat: dict[str, Any], layer: dict[str, Any], source: str) -> None:
 
 
 def resolve(layers: Iterable[tuple[Mapping | dict, str]], overrides: Iterable[str] = ()) -> Config:
-    """Config from the defaults, then nested-mapping layers (e.g. YAML files), then overrides."""
+    """Config from the defaults (with the default preset), then nested-mapping layers (e.g. YAML files),
+    then overrides."""
     flat = _defaults_flat()
     for d, source in layers:
         _apply(flat, _flatten(d, "", source), source)
@@ -379,9 +374,13 @@ def _parse_value(raw: str, t: Any, key: str) -> Any:
 
 
 def read_yaml(path: str | Path) -> dict:
+    """The mapping in a YAML file, or in the preset a path that is no file names (deqdist.presets)."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist" + _presets_hint())
+        p = presets.find(path)
+    if p is None:
+        raise ConfigError(f"config file {str(path)!r} does not exist; presets in {presets.DIRECTORY}: "
+                          f"{', '.join(n + '.yaml' for n in presets.names())}")
     try:
         d = yaml.safe_load(p.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as e:
@@ -399,18 +398,8 @@ def read_yaml(path: str | Path) -> dict:
     return d
 
 
-# The preset YAML files (configs/NAME.yaml next to the package).
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
-
-
-def _presets_hint() -> str:
-    here = PRESETS_DIR
-    names = sorted(p.name for p in here.glob("*.yaml")) if here.is_dir() else []
-    return f"; presets in {here}: {', '.join(names)}" if names else ""
-
-
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
-    """Defaults (tiny) < the YAML file at `path` (if any) < dotted overrides."""
+    """Defaults (with the tiny preset) < the YAML file or preset at `path` (if any) < dotted overrides."""
     layers = [] if path is None else [(read_yaml(path), str(path))]
     return resolve(layers, overrides)
 
@@ -436,7 +425,7 @@ def diff(a: Config, b: Config) -> list[str]:
 
 
 __all__ = [
-    "COUPLED", "CheckpointConfig", "Config", "ConfigError", "LoggingConfig", "SECTIONS", "SHAPE_KEYS",
+    "COUPLED", "CheckpointConfig", "Config", "ConfigError", "LoggingConfig", "OLD_NAMES", "SHAPE_KEYS",
     "TrainConfig", "canonical_key", "diff", "load_config", "parse_overrides", "read_yaml", "resolve",
     "shape_conflicts",
 ]

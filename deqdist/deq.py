@@ -9,6 +9,9 @@ then pulls g back to `params` and `x`. z0 never receives a gradient.
 Backward-solve statistics are returned as data, with no callbacks: pass a
 `bwd_sink` (zeros from `backward_sink(B)`) and differentiate with respect to it;
 its "gradient" is the backward solve's per-sample stats.
+
+`unroll` is the explicit twin: the same f applied n times and backpropagated
+through, the baseline a DEQ is compared with and the warm-up it trains from.
 """
 from __future__ import annotations
 
@@ -58,25 +61,41 @@ def deq(f: Callable[[Any, jax.Array, Any], jax.Array], params: Any, x: Any, z0: 
     return _deq(f, cfg, reduce, params, x, jax.lax.stop_gradient(z0), bwd_sink)
 
 
+def unroll(f: Callable[[Any, jax.Array, Any], jax.Array], params: Any, x: Any, z0: jax.Array, n: int, *,
+           reduce: SampleReduce = SampleReduce()) -> tuple[jax.Array, jax.Array]:
+    """The explicit twin of `deq`: z_n = f^n(params, z0, x) by `lax.scan`, differentiated by
+    ordinary backprop. Returns (z_n, ||z_n - z_{n-1}|| / ||z_n|| per sample in float32)."""
+    if n < 1:
+        raise ValueError(f"n_unroll must be >= 1, got {n}")
+
+    def body(carry, _):
+        z, _ = carry
+        return (f(params, z, x), z), None
+
+    (z, z_prev), _ = jax.lax.scan(body, (z0, z0), None, length=n)
+    step = reduce.norm((z - z_prev).astype(jnp.float32))
+    return z, step / (reduce.norm(z.astype(jnp.float32)) + 1e-12)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _deq(f, cfg: DEQConfig, red: SampleReduce, params, x, z0, sink):
-    return solve(lambda z: f(params, z, x), z0, cfg.fwd, red)
+def _deq(f, cfg: DEQConfig, reduce: SampleReduce, params, x, z0, sink):
+    return solve(lambda z: f(params, z, x), z0, cfg.fwd, reduce)
 
 
-def _deq_fwd(f, cfg, red, params, x, z0, sink):
-    z, stats = solve(lambda z: f(params, z, x), z0, cfg.fwd, red)
+def _deq_fwd(f, cfg, reduce, params, x, z0, sink):
+    z, stats = solve(lambda z: f(params, z, x), z0, cfg.fwd, reduce)
     return (z, stats), (params, x, z, z0, sink)
 
 
-def _deq_bwd(f, cfg: DEQConfig, red: SampleReduce, res, cts):
+def _deq_bwd(f, cfg: DEQConfig, reduce: SampleReduce, res, cts):
     params, x, z, z0, sink = res
     dz = cts[0]
     if cfg.grad == "implicit":
         _, vjp_z = jax.vjp(lambda z: f(params, z, x), z)
         # The adjoint map is affine, g -> g J + dz: |dz| is its scale (|b|), whatever J is.
-        g, st = solve(lambda g: vjp_z(g)[0] + dz, dz, cfg.bwd, red, scale=red.norm(dz))
-        sink_ct = {"nstep": st.nstep, "abs_residual": st.abs_residual,
-                   "rel_residual": st.rel_residual, "converged": st.converged, "loop_iters": st.loop_iters}
+        g, stats = solve(lambda g: vjp_z(g)[0] + dz, dz, cfg.bwd, reduce, scale=reduce.norm(dz))
+        sink_ct = {"nstep": stats.nstep, "abs_residual": stats.abs_residual,
+                   "rel_residual": stats.rel_residual, "converged": stats.converged, "loop_iters": stats.loop_iters}
         _, vjp_px = jax.vjp(lambda p, x: f(p, z, x), params, x)
         dp, dx = vjp_px(g)
     elif cfg.grad == "phantom":

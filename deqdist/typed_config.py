@@ -12,15 +12,13 @@ import types
 import typing
 from typing import Any, Mapping
 
+from deqdist.errors import UserError
 
 INT_LIMIT = 2**31
 
 
-class ConfigError(ValueError):
-    """A bad configuration value, key, file or combination; the message is one line."""
-
-    def __init__(self, message: str):
-        super().__init__(" ".join(str(message).split()))
+class ConfigError(UserError):
+    """A bad configuration value, key, file or combination."""
 
 
 def hints(cls) -> dict[str, Any]:

@@ -107,7 +107,7 @@ create() {
 setup() {
   local root
   root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-  run "${GC[@]}" tpu-vm scp --recurse "$root/pyproject.toml" "$root/README.md" "$root/deqdist" "$root/configs" \
+  run "${GC[@]}" tpu-vm scp --recurse "$root/pyproject.toml" "$root/README.md" "$root/deqdist" \
     "$NAME:$REMOTE_DIR/" "${WHERE[@]}" --worker=all
   ssh_all "cd $(quote "$REMOTE_DIR") && python3 -m pip install -q -U pip && python3 -m pip install -q -e '.[tpu]'"
   local probe="python3 -c 'import importlib.metadata as m; print(\"deqdist-versions:\", *(m.version(p) for p in (\"jax\", \"jaxlib\", \"libtpu\", \"flax\", \"orbax-checkpoint\", \"grain\")))'"

@@ -14,7 +14,8 @@ from deqdist.config import load_config
 
 
 def test_overrides_mix_with_options():
-    args = cli.build_parsers()["train"].parse_intermixed_args(
+    _, commands = cli.build_parsers()
+    args = commands["train"].parse_intermixed_args(
         ["solver.max_iter=20", "--config", "c.yaml", "train.steps=5", "--run-dir", "r", "--stop-after", "3"])
     assert (args.config, args.run_dir, args.stop_after) == ("c.yaml", "r", 3)
     assert args.overrides == ["solver.max_iter=20", "train.steps=5"]

@@ -1,11 +1,10 @@
 """Config: presets, YAML + dotted overrides, types, shorthands, coupled keys, one-line errors."""
-from pathlib import Path
-
 import pytest
 
+from deqdist import presets
 from deqdist.config import Config, ConfigError, diff, load_config, shape_conflicts
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = presets.DIRECTORY
 
 
 def test_defaults_are_the_tiny_preset():
@@ -107,6 +106,43 @@ def test_resolved_config_round_trips(tmp_path):
     cfg.save(tmp_path / "config.yaml")
     again = load_config(tmp_path / "config.yaml")
     assert again == cfg and not diff(cfg, again)
+
+
+def test_presets_are_the_files_and_found_by_name(tmp_path, monkeypatch):
+    assert presets.names() == sorted(p.stem for p in CONFIGS.glob("*.yaml"))
+    assert {"tiny", "small", "medium", "large"} <= set(presets.names())
+    monkeypatch.chdir(tmp_path)  # no configs/ here: an installed deqdist run from anywhere
+    small = load_config(CONFIGS / "small.yaml")
+    for given in ("small", "small.yaml", "configs/small.yaml"):
+        assert load_config(given) == small
+    (tmp_path / "small.yaml").write_text("train: {steps: 70}\n")
+    assert load_config("small.yaml").train.steps == 70  # a real file wins over the preset of that name
+    with pytest.raises(ConfigError, match="'other/small.yaml' does not exist"):
+        load_config("other/small.yaml")
+
+
+def test_trainer_settings_keep_their_old_model_names(tmp_path):
+    cfg = load_config(None, ["model.n_unroll=5", "model.jac_reg_every=3", "model.jac_reg_weight=0.5",
+                             "model.jac_reg_target=0.2"])
+    assert (cfg.train.n_unroll, cfg.train.jac_reg_every, cfg.train.jac_reg_weight, cfg.train.jac_reg_target) == \
+        (5, 3, 0.5, 0.2)
+    old = tmp_path / "config.yaml"  # as a run directory written before the move holds it
+    old.write_text("model: {d_model: 32, n_unroll: 7, jac_reg_every: 0}\ntrain: {steps: 90}\n")
+    cfg = load_config(old)
+    assert (cfg.model.d_model, cfg.train.n_unroll, cfg.train.jac_reg_every, cfg.train.steps) == (32, 7, 0, 90)
+    assert load_config(None, ["train.n_unroll=5"]) == load_config(None, ["model.n_unroll=5"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.n_unroll=0", r"train.n_unroll must be a positive integer"),
+    ("model.n_unroll=0", r"train.n_unroll must be a positive integer"),
+    ("train.jac_reg_every=-1", r"train.jac_reg_every must be an integer >= 0"),
+    ("train.jac_reg_weight=-1", r"train.jac_reg_weight must be >= 0"),
+    ("model.n_unrol=3", r"unknown key 'model.n_unrol'"),
+])
+def test_trainer_settings_are_checked(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
 
 
 def test_shape_conflicts_name_the_settings():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from deqdist.deq import DEQConfig, backward_sink, deq, deq_module
+from deqdist.deq import DEQConfig, backward_sink, deq, deq_module, unroll
 from deqdist.solvers import SolverConfig
 from maps import tanh_map
 
@@ -136,3 +136,17 @@ def test_nnx_module_as_deq_matches_unrolled_grads():
     g2 = nnx.grad(loss_unrolled)(cell)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=1e-6)
+
+
+def test_unroll_is_n_applications_of_f_with_the_last_step_as_residual():
+    params, f, x, _ = _setup(0, jnp.float32)
+    z0 = jnp.zeros_like(x)
+    z, rel = jax.jit(lambda p, x: unroll(f, p, x, z0, 4))(params, x)
+    zs = [z0]
+    for _ in range(4):
+        zs.append(f(params, zs[-1], x))
+    np.testing.assert_allclose(z, zs[-1], rtol=1e-6, atol=1e-6)
+    norm = lambda a: np.linalg.norm(np.asarray(a).reshape(a.shape[0], -1), axis=1)
+    np.testing.assert_allclose(rel, norm(zs[-1] - zs[-2]) / norm(zs[-1]), rtol=1e-5)
+    with pytest.raises(ValueError, match="n_unroll must be >= 1"):
+        unroll(f, params, x, z0, 0)

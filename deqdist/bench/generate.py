@@ -16,13 +16,12 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from .. import presets
 from ..config import load_config
-from ..train import mesh as meshlib
 from ..train.generate import make_sampler
+from ..train.mesh import build_mesh
 from ..train.state import init_state, state_spec
 from .common import table
-
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PROMPT, NEW, TEMPERATURE = 32, 512, 0.8
 
 
@@ -71,8 +70,8 @@ def run(repeats: int = 1, run_dir: str | None = None) -> str:
         what = f"trained parameters of {run_dir}"
     else:
         for preset in ("tiny", "small"):
-            cfg = load_config(CONFIGS / f"{preset}.yaml", ["model.dropout=0.0"])
-            spec = state_spec(cfg, meshlib.build_mesh(cfg))
+            cfg = load_config(presets.path(preset), ["model.dropout=0.0"])
+            spec = state_spec(cfg, build_mesh(cfg))
             rows += _rows(f"{preset} (seq {cfg.model.seq_len})", cfg, init_state(cfg, spec)["params"], spec, repeats)
         what = "random-init parameters of the presets"
     head = f"prompt {PROMPT}, {NEW} new tokens at temperature {TEMPERATURE}, {what}, {jax.devices()[0].platform}"

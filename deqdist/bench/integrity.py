@@ -16,15 +16,14 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from deqdist import presets
 from deqdist.config import load_config
-from deqdist.train import mesh as meshlib
 from deqdist.train.checkpoint import Checkpoints, seal, verify
+from deqdist.train.mesh import batch_sharding, build_mesh, hooks
 from deqdist.train.state import init_state, state_spec
 from deqdist.train.step import Steps
 
 from .common import table
-
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def _time_ms(fn) -> float:
@@ -34,12 +33,12 @@ def _time_ms(fn) -> float:
 
 
 def run(preset: str = "small", batch: int = 8, repeats: int = 5) -> str:
-    cfg = load_config(CONFIGS / f"{preset}.yaml", [f"data.global_batch_size={batch}", "parallel.data=1",
+    cfg = load_config(presets.path(preset), [f"data.global_batch_size={batch}", "parallel.data=1",
                                                    "model.dropout=0", "train.warmup_explicit_steps=0"])
-    mesh = meshlib.build_mesh(cfg)
+    mesh = build_mesh(cfg)
     spec = state_spec(cfg, mesh)
-    solve, unroll = meshlib.hooks(mesh, cfg)
-    sh = meshlib.batch_sharding(mesh, cfg)
+    solve, unroll = hooks(mesh, cfg)
+    sh = batch_sharding(mesh, cfg)
     tokens = jax.random.randint(jax.random.key(1), (batch, cfg.model.seq_len + 1), 0, cfg.model.vocab_size)
     batch_arrays = {"inputs": jax.device_put(tokens[:, :-1], sh), "targets": jax.device_put(tokens[:, 1:], sh)}
     step = 1  # not a Jacobian-regularised step: the plain DEQ step

@@ -4,7 +4,7 @@ Two `deqdist train` runs of one preset on its corpus (the built-in one for the
 presets that use it), identical but for how z is obtained from f after the
 explicit warm-up: the twin is the same config with
 train.warmup_explicit_steps = train.steps, so it never leaves the warm-up
-(model.n_unroll applications of f, ordinary backprop). Same initial
+(train.n_unroll applications of f, ordinary backprop). Same initial
 parameters, data order, seeds, steps, schedule and Jacobian penalty; the
 final evaluation of each run reads the same test windows.
 
@@ -23,7 +23,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..config import PRESETS_DIR, ConfigError, load_config
+from .. import presets
+from ..config import ConfigError, load_config
 from ..train.evaluate import coverage
 from .common import table
 
@@ -34,7 +35,7 @@ END_WINDOW = 200
 
 
 def _read(run_dir: Path) -> tuple[list[dict], dict]:
-    recs = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return recs, json.loads((run_dir / "results.json").read_text())
 
 
@@ -106,7 +107,7 @@ def run(preset: str = "tiny", steps: int | None = None, run_dir: str | None = No
     """
     from ..train.loop import run_train
 
-    cfg_path = PRESETS_DIR / f"{preset}.yaml"
+    cfg_path = presets.path(preset)
     overrides = list(overrides) + ([f"train.steps={steps}"] if steps is not None else [])
     cfg = load_config(cfg_path, overrides)
     steps = cfg.train.steps
@@ -131,4 +132,4 @@ def run(preset: str = "tiny", steps: int | None = None, run_dir: str | None = No
             out[name] = summarize(recs, results, steps=steps, warmup=cfg.train.warmup_explicit_steps,
                                   wall_s=time.time() - t0)
     return report(out["deq"], out["explicit"], preset=preset, steps=steps, warmup=cfg.train.warmup_explicit_steps,
-                  n_unroll=cfg.model.n_unroll, max_iter=cfg.solver.fwd.max_iter)
+                  n_unroll=cfg.train.n_unroll, max_iter=cfg.solver.fwd.max_iter)

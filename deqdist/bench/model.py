@@ -1,7 +1,8 @@
 """`deqdist bench model`: the DEQ-Transformer against its explicit (unrolled) twin, one CPU.
 
-Part 1: one training step (loss, gradients, AdamW update) of the `small` preset at
-batch 8, seq 256: DEQ with Broyden forward and implicit-gradient Broyden backward vs
+Part 1: one training step (the trainer's own compiled step: loss, gradients, guarded
+AdamW update) of the `small` preset at batch 8: DEQ with Broyden forward and
+implicit-gradient Broyden backward vs
 the weight-tied twin unrolled 12 and 24 times with ordinary backprop. Reports
 compiled peak temporary memory (memory_analysis), median step time and the
 forward/backward solver iterations.
@@ -9,75 +10,71 @@ forward/backward solver iterations.
 Part 2: the `small` block at initialisation: f-evaluations and wall time of each
 solver to relative residual 1e-3.
 
-With `--run-dir RUN`: part 1 at the parameters of RUN's newest checkpoint (its
+With `--run-dir RUN`: part 1 from RUN's newest checkpoint (parameters, optimizer state, its
 config, solver settings and a batch of its validation split) instead of at
 initialisation, so memory, step time and iterations reflect a trained model;
-the twins are unrolled model.n_unroll and twice that many times.
+the twins are unrolled train.n_unroll and twice that many times.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
-from ..deq import DEQConfig, backward_sink
-from ..model import LOCAL, get_preset, lm_loss
+from .. import presets
+from ..config import Config, load_config
+from ..model import LOCAL
 from ..solvers import SolverConfig, solve
+from ..train.state import init_state
+from ..train.step import Steps
 from .common import median_ms, table
 
+SOLVER = ["solver.fwd.method=broyden", "solver.fwd.max_iter=30", "solver.fwd.tol=1e-3", "solver.bwd.method=broyden",
+          "solver.bwd.max_iter=30", "solver.bwd.tol=1e-3", "solver.grad=implicit"]
 
-def _train_step(graphdef, mode: str, deq_cfg: DEQConfig, n_unroll: int, tx):
-    def loss_fn(state, sink, tokens):
-        model = nnx.merge(graphdef, state)
-        logits, aux = model(tokens[:, :-1], mode=mode, deq_cfg=deq_cfg, n_unroll=n_unroll, bwd_sink=sink)
-        return lm_loss(logits, tokens[:, 1:]), aux
 
-    def step(state, opt_state, tokens):
-        sink = backward_sink(tokens.shape[0])
-        (loss, aux), (grads, bwd) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(state, sink, tokens)
-        updates, opt_state = tx.update(grads, opt_state, state)
-        fwd = aux.get("fwd_stats")
-        iters = (jnp.max(fwd.nstep) if fwd is not None else n_unroll, jnp.max(bwd["nstep"]))
-        return optax.apply_updates(state, updates), opt_state, loss, iters
-
-    return jax.jit(step, donate_argnums=(0, 1))
+def _one_device(batch: int) -> list[str]:
+    return [f"data.global_batch_size={batch}", "parallel.data=1", "parallel.fsdp=1", "parallel.tensor=1",
+            "model.dropout=0", "model.emb_dropout=0"]
 
 
 def _steps(preset: str, batch: int, repeats: int) -> str:
-    cfg = get_preset(preset, dropout=0.0)
-    model = cfg.create(nnx.Rngs(0))
-    tokens = jax.random.randint(jax.random.key(1), (batch, cfg.seq_len + 1), 0, cfg.vocab_size)
-    s = SolverConfig(method="broyden", max_iter=30, tol=1e-3)
-    title = f"{preset} preset at initialisation, batch {batch}, seq {cfg.seq_len}"
-    return _compare(model, DEQConfig(fwd=s, bwd=s), (12, 24), tokens, repeats, title)
+    load = lambda extra: load_config(presets.path(preset), _one_device(batch) + SOLVER + extra)
+    cfg = load([])
+    state = init_state(cfg, Steps.for_config(cfg, jax.devices()[:1]).spec)
+    tokens = jax.random.randint(jax.random.key(1), (batch, cfg.model.seq_len + 1), 0, cfg.model.vocab_size)
+    title = f"{preset} preset at initialisation, batch {batch}, seq {cfg.model.seq_len}"
+    return _compare(load, state, (12, 24), tokens, repeats, title)
 
 
-def _compare(model, deq_cfg: DEQConfig, unrolls: tuple[int, ...], tokens, repeats: int, title: str) -> str:
-    """One training step of `model` as a DEQ and as its explicit twin unrolled `unrolls` times."""
-    graphdef, state = nnx.split(model, nnx.Param)
-    tx = optax.adamw(1e-4)
+def _compare(load: Callable[[list[str]], Config], state, unrolls: tuple[int, ...], tokens, repeats: int,
+             title: str) -> str:
+    """One train step (the trainer's, deqdist.train.step) from `state` as a DEQ and as its explicit twin
+    unrolled `unrolls` times; `load(overrides)` is the config with extra overrides."""
     rows, res = [], {}
-    fwd, bwd = deq_cfg.fwd, deq_cfg.bwd
-    runs = [(f"DEQ ({fwd.method} fwd + {deq_cfg.grad} {bwd.method} bwd)", "deq", 0)]
+    cfg = load([])
+    runs = [(f"DEQ ({cfg.solver.fwd.method} fwd + {cfg.solver.grad} {cfg.solver.bwd.method} bwd)", "deq", 0)]
     runs += [(f"explicit twin x{n}", "explicit", n) for n in unrolls]
     for name, mode, n in runs:
-        step = _train_step(graphdef, mode, deq_cfg, n, tx)
-        st = jax.tree.map(jnp.copy, state)
-        opt = tx.init(st)
-        mem = step.lower(st, opt, tokens).compile().memory_analysis().temp_size_in_bytes
-        holder = {"s": st, "o": opt}
+        steps = Steps.for_config(load([f"train.n_unroll={n}"] if n else []), jax.devices()[:1])
+        step = steps.variant(mode, False)
+        batch = {"inputs": jax.device_put(tokens[:, :-1], steps.batch_sharding),
+                 "targets": jax.device_put(tokens[:, 1:], steps.batch_sharding)}
+        holder = {"state": jax.device_put(jax.tree.map(jnp.copy, state), steps.spec.shardings)}
+        mem = step.lower(holder["state"], batch).compile().memory_analysis().temp_size_in_bytes
 
-        def run(tokens):
-            holder["s"], holder["o"], loss, iters = step(holder["s"], holder["o"], tokens)
-            return loss, iters
+        def run(batch):
+            holder["state"], metrics = step(holder["state"], batch)
+            return metrics
 
-        ms, (loss, iters) = median_ms(run, tokens, repeats=repeats)
+        ms, metrics = median_ms(run, batch, repeats=repeats)
         res[mode + str(n)] = (mem, ms)
-        rows.append([name, f"{mem / 2**20:.1f}", f"{ms:.0f}", int(iters[0]),
-                     int(iters[1]) if mode == "deq" else "-", f"{float(loss):.3f}"])
+        deq = mode == "deq"
+        rows.append([name, f"{mem / 2**20:.1f}", f"{ms:.0f}", int(metrics["fwd_iters_max"]) if deq else n,
+                     int(metrics["bwd_iters_max"]) if deq else "-", f"{float(metrics['loss']):.3f}"])
     mem_deq, t_deq = res["deq0"]
     n = max(unrolls)
     mem_n, t_n = res[f"explicit{n}"]
@@ -88,31 +85,32 @@ def _compare(model, deq_cfg: DEQConfig, unrolls: tuple[int, ...], tokens, repeat
 
 
 def _trained(run_dir: str, batch: int | None, repeats: int) -> str:
-    """The same comparison at a run's newest checkpoint, on a batch of its validation split."""
+    """The same comparison from a run's newest checkpoint, on a batch of its validation split."""
     import numpy as np
 
     from ..data import eval_iterator
+    from ..train import rundir
     from ..train.loop import load_data, open_run
-    from ..train.state import merge
 
     session, state, step = open_run(Path(run_dir), [])
     try:
         cfg = session.cfg
-        model = merge(session.spec, jax.device_get(state["params"]))
+        state = jax.device_get(state)
         windows = next(iter(eval_iterator(load_data(cfg), cfg.data, "valid", max_batches=1)))
-        tokens = np.concatenate([windows["inputs"], windows["targets"][:, -1:]], axis=1)
-        if batch is not None:
-            tokens = tokens[:batch]
-        title = (f"{run_dir} at step {step} (checkpoint parameters), batch {tokens.shape[0]} of its "
-                 f"validation split, seq {cfg.model.seq_len}")
-        n = cfg.model.n_unroll
-        return _compare(model, cfg.solver, (n, 2 * n), jnp.asarray(tokens), repeats, title)
     finally:
         session.close()
+    tokens = np.concatenate([windows["inputs"], windows["targets"][:, -1:]], axis=1)
+    if batch is not None:
+        tokens = tokens[:batch]
+    load = lambda extra: rundir.resolve_for_run(Path(run_dir), _one_device(tokens.shape[0]) + extra)
+    title = (f"{run_dir} at step {step} (checkpoint parameters), batch {tokens.shape[0]} of its "
+             f"validation split, seq {cfg.model.seq_len}")
+    n = cfg.train.n_unroll
+    return _compare(load, state, (n, 2 * n), jnp.asarray(tokens), repeats, title)
 
 
 def _solvers(preset: str, batch: int, repeats: int) -> str:
-    cfg = get_preset(preset, dropout=0.0)
+    cfg = load_config(presets.path(preset), ["model.dropout=0"]).model
     model = cfg.create(nnx.Rngs(0))
     tokens = jax.random.randint(jax.random.key(1), (batch, cfg.seq_len), 0, cfg.vocab_size)
     x = model.inject(tokens)

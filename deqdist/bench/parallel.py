@@ -2,8 +2,8 @@
 
 For each (data, fsdp, tensor) mesh: per-device solver-state bytes (Broyden's steps and
 Gram matrix, Anderson's history, as found in the compiled per-device program),
-per-device peak temporary memory of one training step (loss + implicit-gradient
-backward; compiled memory analysis), and the collectives per solver iteration in
+per-device peak temporary memory of one training step (the trainer's own step:
+loss, implicit-gradient backward, guarded AdamW update; compiled memory analysis), and the collectives per solver iteration in
 the forward and backward solve loops (counted in the compiled program; no-op
 collectives over size-1 axes excluded).
 
@@ -32,65 +32,50 @@ MESHES = [(8, 1, 1), (1, 8, 1), (2, 1, 4), (2, 2, 2), (1, 1, 8)]
 REPLICA_MESHES = [(8, 1, 1), (4, 1, 2), (2, 1, 4), (2, 2, 2)]
 
 
-def _step(model, tokens, deq_cfg, sizes):
+def _compiled_step(cfg, sizes):
+    """The trainer's DEQ train step (deqdist.train.step) for `cfg` on a (data, fsdp, tensor) mesh of
+    `sizes`, or on one device if None, compiled from abstract inputs (nothing is allocated)."""
     import jax
-    from flax import nnx
 
-    from ..model import lm_loss, local_solve
-    from ..parallel import ParallelConfig, batch_sharding, make_mesh, make_solve, param_shardings
+    from ..train.step import Steps
 
-    def loss_fn(m, t, solve):
-        logits, _ = m(t, deq_cfg=deq_cfg, solve=solve)
-        return lm_loss(logits[:, :-1], t[:, 1:])
-
-    graphdef, state = nnx.split(model)
-    if sizes is None:
-        step = lambda s, t: nnx.grad(loss_fn)(nnx.merge(graphdef, s), t, local_solve)
-        return jax.jit(step).lower(state, tokens).compile()
-    pc = ParallelConfig(*sizes)
-    mesh = make_mesh(pc)
-    solve = make_solve(mesh, pc)
-    step = lambda s, t: nnx.grad(loss_fn)(nnx.merge(graphdef, s), t, solve)
-    with jax.set_mesh(mesh):
-        sh = param_shardings(state, mesh, pc)
-        state = jax.device_put(state, sh)
-        tokens = jax.device_put(tokens, batch_sharding(mesh, pc))
-        return jax.jit(step, in_shardings=(sh, batch_sharding(mesh, pc))).lower(state, tokens).compile()
+    devices = jax.devices()[:1] if sizes is None else None
+    steps = Steps.for_config(cfg, devices)
+    return steps.variant("deq", False).lower(steps.spec.abstract_for_restore(), steps.abstract_batch()).compile()
 
 
 def _run(preset: str, batch: int) -> str:
     import jax
-    from flax import nnx
 
-    from ..deq import DEQConfig
-    from ..model import get_preset
-    from ..parallel.inspect import has_buffer, solver_loops
-    from ..solvers import SolverConfig
+    from .. import presets
+    from ..config import load_config
+    from ..parallel.hlo import has_buffer, solver_loops
     from ..solvers.broyden import history_shape
     from .common import table
 
-    cfg = get_preset(preset, n_heads=8)
-    model = cfg.create(nnx.Rngs(0))
-    S, D = cfg.seq_len, cfg.d_model
-    tokens = jax.random.randint(jax.random.key(1), (batch, S), 0, cfg.vocab_size)
+    base = [f"data.global_batch_size={batch}", "model.n_heads=8", "model.dropout=0", "model.emb_dropout=0"]
+    S, D = (lambda m: (m.seq_len, m.d_model))(load_config(presets.path(preset), base).model)
     rows = []
     for method in ("broyden", "anderson"):
-        solver = SolverConfig(method=method, max_iter=20, tol=1e-3)
-        deq_cfg = DEQConfig(fwd=solver, bwd=solver)
+        solver = [f"solver.{d}.{k}={v}" for d in ("fwd", "bwd") for k, v in
+                  (("method", method), ("max_iter", 20), ("tol", 1e-3))]
         single_state = None
         for sizes in [None] + MESHES:
             data, fsdp, tensor = sizes or (1, 1, 1)
+            mesh = [f"parallel.data={data}", f"parallel.fsdp={fsdp}", f"parallel.tensor={tensor}"]
+            cfg = load_config(presets.path(preset), base + solver + mesh)
             bl, nl = batch // (data * fsdp), S // tensor * D
             # History arrays are split like z; the Gram matrices are a few scalars per sample,
             # shared by the devices that split that sample.
             if method == "broyden":
-                hist = history_shape(bl, nl, solver)
+                hist = history_shape(bl, nl, cfg.solver.fwd)
                 m = hist[0] * hist[2]
                 state_bytes, gram_bytes = 4 * math.prod(hist), 4 * bl * m * m
             else:
-                hist = (bl, solver.anderson_m, nl)
-                state_bytes, gram_bytes = 4 * 2 * math.prod(hist), 4 * bl * solver.anderson_m ** 2
-            compiled = _step(model, tokens, deq_cfg, sizes)
+                m = cfg.solver.fwd.anderson_m
+                hist = (bl, m, nl)
+                state_bytes, gram_bytes = 4 * 2 * math.prod(hist), 4 * bl * m ** 2
+            compiled = _compiled_step(cfg, sizes)
             hlo = compiled.as_text()
             found = has_buffer(hlo, hist)
             single_state = single_state or state_bytes
@@ -113,10 +98,10 @@ def _checkpoint_problem(run_dir: str, batch: int):
     import numpy as np
     from flax import nnx
 
-    from ..train import rundir as rd
+    from ..train import rundir
     from ..train.loop import open_run, load_data
 
-    cfg = rd.resolve_for_run(Path(run_dir), [])
+    cfg = rundir.resolve_for_run(Path(run_dir), [])
     session, state, step = open_run(Path(run_dir), [])
     try:
         model = nnx.merge(session.spec.graphdef, jax.device_get(state["params"]))
@@ -133,11 +118,12 @@ def _synthetic_problem(preset: str, batch: int):
     import jax
     from flax import nnx
 
+    from .. import presets
+    from ..config import load_config
     from ..deq import DEQConfig
-    from ..model import get_preset
     from ..solvers import SolverConfig
 
-    model = get_preset(preset, n_heads=8).create(nnx.Rngs(0))
+    model = load_config(presets.path(preset), ["model.n_heads=8"]).model.create(nnx.Rngs(0))
     tokens = jax.random.randint(jax.random.key(1), (batch, model.cfg.seq_len), 0, model.cfg.vocab_size)
     solver = SolverConfig(max_iter=40, tol=1e-4)
     return model, tokens, DEQConfig(fwd=solver, bwd=solver), f"{preset} at init, injection of each sample scaled by 0.3..4"
@@ -147,9 +133,10 @@ def _replica_rows(preset: str, batch: int, repeats: int, run_dir: str | None) ->
     import jax
     import jax.numpy as jnp
     import numpy as np
+    from jax.sharding import NamedSharding
 
     from ..deq import backward_sink
-    from ..parallel import ParallelConfig, check_divisible, make_mesh, make_solve
+    from ..parallel import ParallelConfig, activation_spec, check_divisible, make_mesh, make_solve
     from .common import table
 
     if run_dir:
@@ -168,7 +155,9 @@ def _replica_rows(preset: str, batch: int, repeats: int, run_dir: str | None) ->
         m = model.cfg
         mesh = make_mesh(ParallelConfig(*sizes))
         try:
-            check_divisible(mesh, ParallelConfig(*sizes), batch=batch, seq=m.seq_len, heads=m.n_heads, mlp=m.d_mlp)
+            for name, size in (("batch", batch), ("seq", m.seq_len), ("heads", m.n_heads), ("mlp", m.d_mlp)):
+                spec = activation_spec(ParallelConfig(*sizes), name)
+                check_divisible((size,), NamedSharding(mesh, spec), f"logical axis {name!r}")
         except ValueError as e:
             rows.append([str(sizes)] + ["-"] * 7 + [f"skipped: {e}"])
             continue
@@ -214,11 +203,11 @@ def run(preset: str = "tiny", batch: int = 8, repeats: int = 5, run_dir: str | N
     import jax
 
     if run_dir is not None:  # bad input fails here, in one line, not in the 8-device child
-        from ..train import rundir as rd
+        from ..train import rundir
 
-        rd.resolve_for_run(Path(run_dir), [])
-        if not any((Path(run_dir) / rd.CHECKPOINTS).glob("*")):
-            raise rd.RunDirError(f"{run_dir} has no checkpoints yet; train it first (deqdist train --run-dir {run_dir})")
+        rundir.resolve_for_run(Path(run_dir), [])
+        if not any((Path(run_dir) / rundir.CHECKPOINTS).glob("*")):
+            raise rundir.RunDirError(f"{run_dir} has no checkpoints yet; train it first (deqdist train --run-dir {run_dir})")
 
     if jax.device_count() >= 8:
         return _run(preset, batch) + _replica_rows(preset, batch, repeats, run_dir)

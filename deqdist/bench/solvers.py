@@ -45,10 +45,10 @@ def run(tol: float = 1e-4, repeats: int = 9) -> str:
                     for m, mi in [("picard", 300), ("anderson", 30), ("broyden", 30), ("broyden", 100)]]
         times = {}
         for name, cfg, mi in variants:
-            ms, (_, st) = median_ms(jax.jit(lambda z0, cfg=cfg: solve(f, z0, cfg)), z0, repeats=repeats)
+            ms, (_, stats) = median_ms(jax.jit(lambda z0, cfg=cfg: solve(f, z0, cfg)), z0, repeats=repeats)
             times[(name, mi)] = ms
-            rows.append([name, mi, int(st.nstep.max()) + 1, f"{float(st.rel_residual.max()):.2e}",
-                         bool(st.converged.all()), f"{ms:.1f}"])
+            rows.append([name, mi, int(stats.nstep.max()) + 1, f"{float(stats.rel_residual.max()):.2e}",
+                         bool(stats.converged.all()), f"{ms:.1f}"])
         ms, (_, k, rel) = median_ms(jax.jit(lambda z0: baseline_broyden(f, z0, 30, tol)), z0, repeats=repeats)
         times[("baseline", 30)] = ms
         rows.append(["broyden (deq-jax full-width baseline)", 30, int(k) + 1, f"{float(rel):.2e}",

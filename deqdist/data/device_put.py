@@ -7,28 +7,13 @@ module knows no mesh axis names.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping
 
 import jax
 import numpy as np
 
 from deqdist.data.errors import DataError
-
-
-def _check_divisible(shape: tuple[int, ...], sharding: jax.sharding.NamedSharding, name: str) -> None:
-    # make_array_from_process_local_data fails with an opaque message when a
-    # dimension does not split evenly; this is a config mistake, say which.
-    for dim, axes in enumerate(sharding.spec):
-        if axes is None or dim >= len(shape):
-            continue
-        axes = (axes,) if isinstance(axes, str) else tuple(axes)
-        parts = math.prod(sharding.mesh.shape[a] for a in axes)
-        if shape[dim] % parts:
-            raise DataError(
-                f"batch entry {name!r} dim {dim} has size {shape[dim]}, not divisible by the {parts} devices of "
-                f"mesh axes {axes}; use a multiple of {parts} (global batch size or seq_len)"
-            )
+from deqdist.parallel.mesh import check_divisible
 
 
 def to_global(
@@ -49,6 +34,10 @@ def to_global(
         local = np.asarray(local)
         s = sharding[name] if isinstance(sharding, Mapping) else sharding
         global_shape = (local.shape[0] * pc, *local.shape[1:])
-        _check_divisible(global_shape, s, name)
+        try:
+            # make_array_from_process_local_data's own message for this config mistake is opaque.
+            check_divisible(global_shape, s, f"batch entry {name!r}", "; change the global batch size or seq_len")
+        except ValueError as e:
+            raise DataError(str(e)) from None
         out[name] = jax.make_array_from_process_local_data(s, local, global_shape)
     return out

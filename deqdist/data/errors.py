@@ -1,13 +1,10 @@
-"""The one exception type for bad data, so the CLI can map it to exit code 2."""
+"""The one exception type for bad data (a `UserError`, so the CLI maps it to exit code 2)."""
+from deqdist.errors import UserError
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A corpus or data setting is unusable.
 
-    The message is a single line that says what is wrong (naming the path or
-    number involved) and how to fix it, because it is shown to the user as is.
+    The message says what is wrong (naming the path or number involved) and how
+    to fix it, because it is shown to the user as is.
     """
-
-    def __init__(self, message: str):
-        # One line keeps CLI output and log greps readable.
-        super().__init__(" ".join(str(message).split()))

@@ -23,18 +23,16 @@ Block (all per-token tensors are (B, S_local, D); S_local = S unsharded):
   u, and x has unit RMS (injection LN), so J_f = J_LN (I + J_r) stays below 1
   while the branches r are O(1) (fan-in scaled init, `init_gain`=1). A pre-LN
   residual block without it has J = I + J_r, which is not contractive.
-  Measured at init (float32, rel. tol 1e-3 / 1e-5, z0 = 0): spectral radius of
-  J_f(z*) ~0.7; Broyden 9-11 / 15-18 iterations, Anderson 9-10 / 15-17,
-  Picard 13-19 / 26-35, for both `tiny` (B=8, S=64) and `small` (B=4, S=256)
-  (tests/model/test_equilibrium.py). With init_gain 0.02*sqrt(d) (GPT-style
-  std 0.02) the branches are negligible and f converges in 1-3 steps: a
-  degenerate, not a "real", transformer block.
+  The README ("How contractive f is at init") gives the spectral radius and the
+  solver iterations this yields. With init_gain 0.02*sqrt(d) (GPT-style std
+  0.02) the branches would be negligible and f would converge in a few steps:
+  a degenerate, not a "real", transformer block.
 * Precision: z, the injection, the residual stream and the LayerNorms are in
   the state dtype (z's dtype, float32 by default); the projections and the
   attention run in the dtype of the prepared weights (cfg.dtype, e.g. bf16),
-  and so do the gathered/scattered activations. With bf16 compute the
-  relative residual of f has a floor of ~1e-3 (measured on `small`; ~2e-3 if
-  the state were bf16 too): use a forward tol of >= 2e-3 in bf16.
+  and so do the gathered/scattered activations. With bf16 compute, bf16
+  rounding in f puts a floor under its relative residual (README, same
+  section): use a forward tol of >= 2e-3 in bf16.
 * Variational dropout: the masks m_attn, m_mlp (already scaled by 1/keep) are
   drawn once per forward pass outside the solve and arrive in x; absent masks
   mean no dropout.
@@ -77,7 +75,7 @@ class DEQBlock(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         d, h, dh, m = cfg.d_model, cfg.n_heads, cfg.head_dim, cfg.d_mlp
-        pdt = cfg.storage_dtype
+        param_dtype = cfg.storage_dtype
         self.rope_base = float(cfg.rope_base)
         self.attention_block = int(cfg.attention_block)
         g, go = cfg.init_gain, cfg.init_gain * cfg.out_init_scale
@@ -85,31 +83,30 @@ class DEQBlock(nnx.Module):
         o_init = nnx.initializers.normal(go / d**0.5)  # fan_in = H * Dh = d for W_o
         o2_init = nnx.initializers.normal(go / m**0.5)  # fan_in = d_mlp for W_2
         zeros = nnx.initializers.zeros_init()
-        self.ln_attn = LayerNorm(d, eps=cfg.ln_eps, dtype=pdt)
-        self.wq = named_param(rngs, w_init, (d, h, dh), ("embed", "heads", "head_dim"), pdt)
-        self.wk = named_param(rngs, w_init, (d, h, dh), ("embed", "heads", "head_dim"), pdt)
-        self.wv = named_param(rngs, w_init, (d, h, dh), ("embed", "heads", "head_dim"), pdt)
-        self.wo = named_param(rngs, o_init, (h, dh, d), ("heads", "head_dim", "embed"), pdt)
-        self.bo = named_param(rngs, zeros, (d,), ("embed",), pdt)
-        self.ln_mlp = LayerNorm(d, eps=cfg.ln_eps, dtype=pdt)
-        self.w1 = named_param(rngs, w_init, (d, m), ("embed", "mlp"), pdt)
-        self.b1 = named_param(rngs, zeros, (m,), ("mlp",), pdt)
-        self.w2 = named_param(rngs, o2_init, (m, d), ("mlp", "embed"), pdt)
-        self.b2 = named_param(rngs, zeros, (d,), ("embed",), pdt)
-        self.ln_out = LayerNorm(d, eps=cfg.ln_eps, dtype=pdt)
+        self.ln_attn = LayerNorm(d, eps=cfg.ln_eps, dtype=param_dtype)
+        self.wq = named_param(rngs, w_init, (d, h, dh), ("embed", "heads", "head_dim"), param_dtype)
+        self.wk = named_param(rngs, w_init, (d, h, dh), ("embed", "heads", "head_dim"), param_dtype)
+        self.wv = named_param(rngs, w_init, (d, h, dh), ("embed", "heads", "head_dim"), param_dtype)
+        self.wo = named_param(rngs, o_init, (h, dh, d), ("heads", "head_dim", "embed"), param_dtype)
+        self.bo = named_param(rngs, zeros, (d,), ("embed",), param_dtype)
+        self.ln_mlp = LayerNorm(d, eps=cfg.ln_eps, dtype=param_dtype)
+        self.w1 = named_param(rngs, w_init, (d, m), ("embed", "mlp"), param_dtype)
+        self.b1 = named_param(rngs, zeros, (m,), ("mlp",), param_dtype)
+        self.w2 = named_param(rngs, o2_init, (m, d), ("mlp", "embed"), param_dtype)
+        self.b2 = named_param(rngs, zeros, (d,), ("embed",), param_dtype)
+        self.ln_out = LayerNorm(d, eps=cfg.ln_eps, dtype=param_dtype)
         if cfg.weight_norm:
             # g initialised to ||V|| so that W = g V / ||V|| equals V at init.
             gains = {}
             for name, (axes, names) in WEIGHT_NORM_AXES.items():
                 norm = jnp.sqrt(jnp.sum(jnp.square(getattr(self, name)[...].astype(jnp.float32)), axis=axes))
                 gains[name] = named_param(
-                    None, lambda k, s, dt, n=norm: n.astype(dt), norm.shape, names, pdt
+                    None, lambda k, s, dt, n=norm: n.astype(dt), norm.shape, names, param_dtype
                 )
             self.wn = nnx.Dict(gains)
         else:
             self.wn = None
 
-    # ------------------------------------------------------------------ forward
     def __call__(self, z: jax.Array, x: Mapping[str, jax.Array], comms: Collectives = LOCAL,
                  attend: Callable[..., jax.Array] | None = None) -> jax.Array:
         """f(z, x). `attend(q, k, v) -> att` (B, S, H, Dh), given un-rotated q, k, v, replaces
@@ -160,9 +157,6 @@ class DEQBlock(nnx.Module):
         return k, v
 
 
-# ---------------------------------------------------------------------------
-# Pure-function form used by the solver: f(params, z, x, comms) -> z
-# ---------------------------------------------------------------------------
 def _apply(graphdef, params, z, x, comms: Collectives = LOCAL):
     return nnx.merge(graphdef, params)(z, x, comms)
 

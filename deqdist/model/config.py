@@ -1,23 +1,10 @@
-"""Model configuration and presets.
+"""The model's configuration, and the model section of a preset.
 
 `ModelConfig` is a frozen dataclass of plain values (ints, floats, bools,
 strings) so the config layer can load it from YAML and override it with
-dotted keys. `PRESETS` maps a preset name to a plain dict of field values.
-
-Parameter counts (weights of the whole model, computed by
-`ModelConfig.param_count()` and checked in tests/model/test_config.py):
-
-  tiny    d=64,  2 heads,  mlp 256,   seq 64,  vocab 256,   tied              :     66,560
-  small   d=256, 4 heads,  mlp 1024,  seq 256, vocab 256,   tied              :    856,064
-  medium  d=768, 12 heads, mlp 30720, seq 512, vocab 32768, untied, weight norm: 99,951,360
-          (99,916,800 without the weight-norm gains)
-
-The `medium` preset follows the WikiText-103 DEQ-Transformer of Bai et al.
-(2019), whose single weight-tied block has a very wide feed-forward layer
-(d_inner in the tens of thousands) because the block is the only layer: with
-d=768 (multiple of 128 near 700), 12 heads of 64, an untied 32768-token
-embedding and LM head (2 x 25.2M), attention (2.4M) and an MLP of 30720
-(47.2M), the model has ~100.0M parameters.
+dotted keys. It holds what the model itself reads; trainer settings (the
+explicit warm-up's depth, the Jacobian regulariser's cadence and weight) live
+in the trainer's config. The presets are the YAML files of `deqdist.presets`.
 """
 from __future__ import annotations
 
@@ -25,6 +12,9 @@ import dataclasses
 from typing import Any
 
 import jax.numpy as jnp
+import yaml
+
+from deqdist import presets
 
 _DTYPES = ("float32", "bfloat16", "float16", "float64")
 
@@ -58,15 +48,6 @@ class ModelConfig:
                      over blocks of N positions with an online softmax, memory linear in S
                      (deqdist/model/attention.py); for long contexts.
     ln_eps:          LayerNorm epsilon.
-    n_unroll:        default number of block applications of the explicit twin.
-    jac_reg_every:   trainer hint: request the Hutchinson Jacobian estimate every
-                     k steps (0 = never).
-    jac_reg_weight:  trainer hint: weight of the (normalised) Jacobian term.
-    jac_reg_target:  trainer hint: the term is weight * max(J - target, 0), with J the
-                     Hutchinson estimate of ||J_f(z*)||_F^2 / (S*D): a hinge that leaves
-                     the Jacobian free below `target` and holds it there (0: a plain
-                     linear penalty). J tracks the solver's forward iterations, so a
-                     target near its value after the warm-up keeps them flat.
     dtype:           compute dtype of the projections/attention and of the block's
                      weights inside the solve ("float32", "bfloat16", ...).
     param_dtype:     storage dtype of the parameters.
@@ -92,15 +73,10 @@ class ModelConfig:
     rope_base: float = 10000.0
     attention_block: int = 0
     ln_eps: float = 1e-5
-    n_unroll: int = 12
-    jac_reg_every: int = 0
-    jac_reg_weight: float = 0.0
-    jac_reg_target: float = 0.0
     dtype: str = "float32"
     param_dtype: str = "float32"
     state_dtype: str = "float32"
 
-    # ------------------------------------------------------------------ derived
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
@@ -110,14 +86,14 @@ class ModelConfig:
         return jnp.dtype(self.dtype)
 
     @property
-    def state_dtype_(self) -> Any:
+    def z_dtype(self) -> Any:
+        """`state_dtype` as a dtype: of z, the injection and the residual stream inside f."""
         return jnp.dtype(self.state_dtype)
 
     @property
     def storage_dtype(self) -> Any:
         return jnp.dtype(self.param_dtype)
 
-    # --------------------------------------------------------------- validation
     def validate(self) -> "ModelConfig":
         """Raise ValueError (one line) on inconsistent values; return self."""
 
@@ -126,7 +102,7 @@ class ModelConfig:
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"model.{name} must be a positive integer, got {v!r}")
 
-        for name in ("vocab_size", "d_model", "n_heads", "d_mlp", "seq_len", "n_unroll"):
+        for name in ("vocab_size", "d_model", "n_heads", "d_mlp", "seq_len"):
             positive_int(name)
         if self.d_model % self.n_heads:
             raise ValueError(
@@ -148,29 +124,15 @@ class ModelConfig:
                 or self.attention_block < 0:
             raise ValueError(f"model.attention_block must be an integer >= 0 (0 = dense attention), "
                              f"got {self.attention_block!r}")
-        if not isinstance(self.jac_reg_every, int) or self.jac_reg_every < 0:
-            raise ValueError(f"model.jac_reg_every must be an integer >= 0, got {self.jac_reg_every!r}")
-        if self.jac_reg_weight < 0:
-            raise ValueError(f"model.jac_reg_weight must be >= 0, got {self.jac_reg_weight!r}")
-        if self.jac_reg_target < 0:
-            raise ValueError(f"model.jac_reg_target must be >= 0, got {self.jac_reg_target!r}")
         for name in ("dtype", "param_dtype", "state_dtype"):
             v = getattr(self, name)
             if v not in _DTYPES:
                 raise ValueError(f"model.{name} must be one of {_DTYPES}, got {v!r}")
         return self
 
-    # ------------------------------------------------------------------ helpers
-    def replace(self, **changes) -> "ModelConfig":
-        return dataclasses.replace(self, **changes)
-
-    def jac_reg_due(self, step: int) -> bool:
-        """Whether the trainer should request the Jacobian term at `step` (Python-level)."""
-        return self.jac_reg_every > 0 and self.jac_reg_weight > 0 and step % self.jac_reg_every == 0
-
     def param_count(self) -> int:
         """Number of parameters of the model this config builds (no allocation)."""
-        d, m, v, h = self.d_model, self.d_mlp, self.vocab_size, self.n_heads
+        d, m, v = self.d_model, self.d_mlp, self.vocab_size
         n = v * d  # token embedding
         n += 2 * d  # injection LayerNorm
         n += 4 * d * d + d  # W_q, W_k, W_v, W_o, b_o
@@ -181,7 +143,6 @@ class ModelConfig:
         n += 2 * d  # final LayerNorm
         if not self.tie_embeddings:
             n += d * v
-        del h
         return n
 
     def create(self, rngs):
@@ -191,33 +152,13 @@ class ModelConfig:
         return DEQTransformer(self, rngs=rngs)
 
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # CPU, seconds: a training step in well under a second.
-    "tiny": dict(
-        vocab_size=256, d_model=64, n_heads=2, d_mlp=256, seq_len=64,
-        dropout=0.0, tie_embeddings=True, n_unroll=12,
-    ),
-    # One GPU / a few CPU minutes.
-    "small": dict(
-        vocab_size=256, d_model=256, n_heads=4, d_mlp=1024, seq_len=256,
-        dropout=0.05, tie_embeddings=True, n_unroll=12,
-    ),
-    # WikiText-103-scale DEQ-Transformer, ~100M parameters (see module docstring).
-    "medium": dict(
-        vocab_size=32768, d_model=768, n_heads=12, d_mlp=30720, seq_len=512,
-        dropout=0.1, emb_dropout=0.1, tie_embeddings=False, weight_norm=True,
-        n_unroll=12, jac_reg_every=1, jac_reg_weight=2.0, jac_reg_target=0.1,
-        dtype="bfloat16", param_dtype="float32",
-    ),
-}
-
-
 def get_preset(name: str, **overrides) -> ModelConfig:
-    """ModelConfig of a named preset with field overrides, validated."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+    """The model of preset `name` (its file's `model` section) with field overrides, validated."""
+    if name not in presets.names():
+        raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(presets.names())}")
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
     bad = sorted(set(overrides) - fields)
     if bad:
         raise ValueError(f"unknown model config field(s) {bad}")
-    return ModelConfig(**{**PRESETS[name], **overrides}).validate()
+    section = yaml.safe_load(presets.path(name).read_text(encoding="utf-8")).get("model") or {}
+    return ModelConfig(**{**section, **overrides}).validate()

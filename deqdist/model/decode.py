@@ -32,7 +32,7 @@ slot, validity mask) is a (B,) array, so rows advance independently.
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +41,8 @@ from flax import nnx
 from deqdist.deq import DEQConfig
 from deqdist.model.block import prepare_block_params
 from deqdist.model.layers import rope_at
-from deqdist.model.transformer import DEQTransformer, EquilibriumSolve, local_solve
+from deqdist.model.hooks import SolveHooks
+from deqdist.model.transformer import DEQTransformer
 from deqdist.solvers import SampleReduce, SolveStats, solve
 
 
@@ -73,8 +74,8 @@ def _slot_positions(length: jax.Array, c: int) -> jax.Array:
     return last - jnp.mod(last - j, c)
 
 
-def prefill(model: DEQTransformer, tokens: jax.Array, lengths: jax.Array, deq_cfg: DEQConfig,
-            solve_hook: EquilibriumSolve = local_solve) -> tuple[jax.Array, KVCache, SolveStats]:
+def prefill(model: DEQTransformer, tokens: jax.Array, lengths: jax.Array,
+            deq_cfg: DEQConfig) -> tuple[jax.Array, KVCache, SolveStats]:
     """Solve the right-padded prompts (B, P) once, causally, and fill the cache from z*.
 
     Returns the logits (B, V) at each row's last prompt token, the cache, and the
@@ -83,7 +84,7 @@ def prefill(model: DEQTransformer, tokens: jax.Array, lengths: jax.Array, deq_cf
     c = capacity(model)
     if tokens.shape[1] > model.cfg.seq_len:
         raise ValueError(f"prompt buffer of {tokens.shape[1]} tokens is longer than seq_len {model.cfg.seq_len}")
-    z, aux = model.features(tokens, mode="deq", deq_cfg=deq_cfg, solve=solve_hook)
+    z, aux = model.features(tokens, SolveHooks(deq_cfg=deq_cfg))
     k, v = _prepared_block(model).keys_values(z, model.inject(tokens))
     last = (lengths - 1)[:, None, None]
     z_last = jnp.take_along_axis(z, last, axis=1)  # (B, 1, D)
@@ -99,21 +100,22 @@ def step(model: DEQTransformer, cache: KVCache, token: jax.Array,
     cache (forward solver of deq_cfg, from the previous z*), return its logits (B, V),
     the updated cache and the solve's stats."""
     c = capacity(model)
-    rb = model.cfg.rope_base
+    rope_base = model.cfg.rope_base
     t = cache.length  # (B,) position of the new token
     qpos = jnp.minimum(t, c)[:, None]  # (B, 1)
     dist = t[:, None] - _slot_positions(t, c)  # (B, C) in 1..C for filled slots
-    k_cache = rope_at(cache.k, qpos - dist, rb)  # fixed during the solve: rotated once
+    k_cache = rope_at(cache.k, qpos - dist, rope_base)  # fixed during the solve: rotated once
     valid = jnp.arange(c)[None] < t[:, None]
     mask = jnp.concatenate([valid, jnp.ones_like(valid[:, :1])], axis=1)[:, None, None, :]
 
     def attend(q, k, v):
-        keys = jnp.concatenate([k_cache, rope_at(k, qpos, rb)], axis=1)
+        keys = jnp.concatenate([k_cache, rope_at(k, qpos, rope_base)], axis=1)
         values = jnp.concatenate([cache.v, v], axis=1)
-        return jax.nn.dot_product_attention(rope_at(q, qpos, rb), keys, values, mask=mask)
+        return jax.nn.dot_product_attention(rope_at(q, qpos, rope_base), keys, values, mask=mask)
 
     block = _prepared_block(model)
     x = model.inject(token[:, None])
+
     def f(z):
         return block(z, x, attend=attend)
 
@@ -130,21 +132,4 @@ def step(model: DEQTransformer, cache: KVCache, token: jax.Array,
     return model.head(z)[:, 0], cache, stats
 
 
-def teacher_forced_logits(model: DEQTransformer, prompt: jax.Array, follow: jax.Array, deq_cfg: DEQConfig,
-                          lengths: Any = None) -> tuple[jax.Array, jax.Array]:
-    """Logits the cached path gives for prompt (B, P) followed by the given tokens (B, N):
-    (B, N+1, V) (the first row from the prompt, then one per fed token) and the per-token
-    solver iterations (N, B). For tests and checks; decoding feeds its own samples."""
-    if lengths is None:
-        lengths = jnp.full((prompt.shape[0],), prompt.shape[1], jnp.int32)
-    lg0, cache, _ = prefill(model, prompt, lengths, deq_cfg)
-
-    def body(cache, tok):
-        lg, cache, st = step(model, cache, tok, deq_cfg)
-        return cache, (lg, st.nstep)
-
-    _, (lgs, iters) = jax.lax.scan(body, cache, follow.T)
-    return jnp.concatenate([lg0[:, None], jnp.moveaxis(lgs, 0, 1)], axis=1), iters
-
-
-__all__ = ["KVCache", "capacity", "prefill", "step", "teacher_forced_logits"]
+__all__ = ["KVCache", "capacity", "prefill", "step"]

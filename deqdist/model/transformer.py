@@ -2,64 +2,28 @@
 
     tokens (B, S) --embed--> e --LN_inj--> x_inj            [outside the solve]
     masks  m_attn, m_mlp ~ variational dropout (B, S, D)   [drawn once]
-    z* = f(z*, x) with z0 = 0                               [solve hook, deq.py]
+    z* = f(z*, x) with z0 = 0                               [hooks.solve, deq.py]
       or z_n = f^n(z0, x)                                   [explicit twin]
     logits = LN_f(z) @ W_head  (W_head = E^T if tied)       [outside the solve]
 
 The DEQ and explicit modes share the module and therefore the parameter tree;
-`mode` only chooses how z is obtained from f.
+the `SolveHooks` the model is called with choose how z is obtained from f.
 """
 from __future__ import annotations
 
-import functools
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from deqdist.deq import DEQConfig, deq
 from deqdist.model.block import DEQBlock, block_fn, prepare_block_params
-from deqdist.model.collectives import LOCAL, Collectives
+from deqdist.model.collectives import LOCAL
 from deqdist.model.config import ModelConfig
+from deqdist.model.hooks import EquilibriumFn, SolveHooks
 from deqdist.model.layers import LayerNorm, named_param
 from deqdist.regularize import hutchinson_jac_fro2, spectral_radius
-
-# f(params, z, x, comms) -> z
-EquilibriumFn = Callable[..., jax.Array]
-# solve(f, params, x, z0, deq_cfg, bwd_sink) -> (z_star, SolveStats)
-EquilibriumSolve = Callable[..., tuple[jax.Array, Any]]
-# unroll(f, params, x, z0, n) -> (z_n, rel_residual (B,))
-Unroll = Callable[..., tuple[jax.Array, jax.Array]]
-
-
-def local_solve(f: EquilibriumFn, params, x, z0, cfg: DEQConfig, bwd_sink=None):
-    """Default (unsharded) solve hook: `deq` on f with identity collectives."""
-    return deq(functools.partial(f, comms=LOCAL), params, x, z0, cfg, bwd_sink=bwd_sink)
-
-
-def per_sample_norm(a: jax.Array) -> jax.Array:
-    """L2 norm of each sample (leading axis) in float32 -> (B,)."""
-    a32 = a.astype(jnp.float32).reshape(a.shape[0], -1)
-    return jnp.sqrt(jnp.sum(a32 * a32, axis=1))
-
-
-def local_unroll(f: EquilibriumFn, params, x, z0, n: int):
-    """Default explicit twin: z_n = f^n(z0) by lax.scan (ordinary backprop).
-
-    Returns (z_n, ||z_n - z_{n-1}|| / ||z_n|| per sample).
-    """
-    if n < 1:
-        raise ValueError(f"n_unroll must be >= 1, got {n}")
-
-    def body(carry, _):
-        z, _ = carry
-        return (f(params, z, x, comms=LOCAL), z), None
-
-    (z, zprev), _ = jax.lax.scan(body, (z0, z0), None, length=n)
-    rel = per_sample_norm(z - zprev) / (per_sample_norm(z) + 1e-12)
-    return z, rel
 
 
 def lm_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array | None = None) -> jax.Array:
@@ -79,27 +43,26 @@ class DEQTransformer(nnx.Module):
       split_block() -> (f, params)                    f(params, z, x, comms), prepared block state
       z0(tokens) -> zeros (B,S,D)                     solver start
       fixed_point_map(tokens) -> (F, z0)              F(z) = f(params, z, x) for benchmarks
-      features(tokens, ...) -> (z, aux)               z* (deq) or f^n(z0) (explicit)
+      features(tokens, hooks) -> (z, aux)             z* (deq) or f^n(z0) (explicit)
       head(z) -> logits (float32)                     final LN + LM head
-      __call__(tokens, ...) -> (logits, aux)          head(features(...))
+      __call__(tokens, hooks) -> (logits, aux)        head(features(...))
     """
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         cfg.validate()
         self.cfg = cfg
         d, v = cfg.d_model, cfg.vocab_size
-        pdt = cfg.storage_dtype
+        param_dtype = cfg.storage_dtype
         w_init = nnx.initializers.normal(cfg.embed_init_std)
-        self.embed = named_param(rngs, w_init, (v, d), ("vocab", "embed"), pdt)
-        self.ln_inj = LayerNorm(d, eps=cfg.ln_eps, scale_init=cfg.inject_scale, dtype=pdt)
+        self.embed = named_param(rngs, w_init, (v, d), ("vocab", "embed"), param_dtype)
+        self.ln_inj = LayerNorm(d, eps=cfg.ln_eps, scale_init=cfg.inject_scale, dtype=param_dtype)
         self.block = DEQBlock(cfg, rngs=rngs)
-        self.ln_f = LayerNorm(d, eps=cfg.ln_eps, dtype=pdt)
+        self.ln_f = LayerNorm(d, eps=cfg.ln_eps, dtype=param_dtype)
         if cfg.tie_embeddings:
             self.lm_head = None
         else:
-            self.lm_head = named_param(rngs, w_init, (d, v), ("embed", "vocab"), pdt)
+            self.lm_head = named_param(rngs, w_init, (d, v), ("embed", "vocab"), param_dtype)
 
-    # ------------------------------------------------------------------ pieces
     def inject(self, tokens: jax.Array, *, deterministic: bool = True, key: jax.Array | None = None) -> dict:
         """x = {"inj": LN_inj(embed(tokens)), "mask_attn", "mask_mlp"} (masks only when dropping).
 
@@ -108,7 +71,7 @@ class DEQTransformer(nnx.Module):
         (and every unrolled application) uses the same masks.
         """
         cfg = self.cfg
-        dt = cfg.state_dtype_
+        dt = cfg.z_dtype
         e = jnp.take(self.embed[...], tokens, axis=0).astype(dt)
         drop_emb = (not deterministic) and cfg.emb_dropout > 0
         drop_blk = (not deterministic) and cfg.dropout > 0
@@ -145,7 +108,7 @@ class DEQTransformer(nnx.Module):
 
     def z0(self, tokens: jax.Array) -> jax.Array:
         """The solver's starting point: zeros (B, S, D) in the state dtype."""
-        return jnp.zeros((*tokens.shape, self.cfg.d_model), self.cfg.state_dtype_)
+        return jnp.zeros((*tokens.shape, self.cfg.d_model), self.cfg.z_dtype)
 
     def fixed_point_map(
         self, tokens: jax.Array, *, deterministic: bool = True, key: jax.Array | None = None
@@ -156,48 +119,22 @@ class DEQTransformer(nnx.Module):
         f, params = self.split_block()
         return (lambda z: f(params, z, x, comms=LOCAL)), self.z0(tokens)
 
-    # ------------------------------------------------------------------ forward
-    def features(
-        self,
-        tokens: jax.Array,
-        *,
-        mode: Literal["deq", "explicit"] = "deq",
-        deq_cfg: DEQConfig | None = None,
-        n_unroll: int | None = None,
-        solve: EquilibriumSolve = local_solve,
-        unroll: Unroll = local_unroll,
-        bwd_sink: Any = None,
-        deterministic: bool = True,
-        key: jax.Array | None = None,
-        jac_reg: bool = False,
-        jac_samples: int = 1,
-    ) -> tuple[jax.Array, dict]:
+    def features(self, tokens: jax.Array, hooks: SolveHooks = SolveHooks(), *, deterministic: bool = True,
+                 key: jax.Array | None = None) -> tuple[jax.Array, dict]:
         """The final state z (B, S, D) (z* in deq mode) and an aux dict; `__call__` minus the head.
 
-        tokens:      (B, S) int.
-        mode:        "deq" (solve z* = f(z*, x) with `solve`) or "explicit"
-                     (z = f^n_unroll(0) with `unroll`, ordinary backprop). Static.
-        deq_cfg:     DEQConfig of the solve (forward/backward solvers, grad mode);
-                     default DEQConfig().
-        n_unroll:    applications of f in explicit mode (default cfg.n_unroll). Static.
-        solve:       solve hook (f, params, x, z0, deq_cfg, bwd_sink) -> (z*, stats);
-                     parallel/ passes a shard_map'd one.
-        unroll:      explicit-mode hook (f, params, x, z0, n) -> (z_n, rel_res).
-        bwd_sink:    passed to the solve hook (backward solve stats arrive as its gradient).
+        tokens:        (B, S) int.
+        hooks:         how z is obtained from f (mode, solve/unroll, sink, Jacobian term).
         deterministic: no dropout when True; else `key` draws the masks.
-        key:         PRNG key for dropout masks and the Hutchinson probe.
-        jac_reg:     also return the Hutchinson estimate of ||J_f(z*)||_F^2 (one
-                     probe by default) at the final z, differentiable. Static.
+        key:           PRNG key for dropout masks and the Hutchinson probes.
 
         aux:
           "fwd_stats":    forward SolveStats (deq mode)
           "rel_residual": (B,) relative residual of the final z
                           (deq: stats.rel_residual; explicit: ||z_n - z_{n-1}||/||z_n||)
-          "jac_fro2":     (B,) Hutchinson estimate of ||J_f(z)||_F^2       (jac_reg)
-          "jac_loss":     scalar, mean over the batch of jac_fro2 / (S*D) (jac_reg)
+          "jac_fro2":     (B,) Hutchinson estimate of ||J_f(z)||_F^2, differentiable (jac_samples > 0)
+          "jac_loss":     scalar, mean over the batch of jac_fro2 / (S*D)       (jac_samples > 0)
         """
-        if mode not in ("deq", "explicit"):
-            raise ValueError(f"mode must be 'deq' or 'explicit', got {mode!r}")
         k_drop = k_jac = None
         if key is not None:
             k_drop, k_jac = jax.random.split(key)
@@ -205,20 +142,18 @@ class DEQTransformer(nnx.Module):
         f, params = self.split_block()
         z0 = self.z0(tokens)
         aux: dict[str, Any] = {}
-        if mode == "deq":
-            if deq_cfg is None:
-                deq_cfg = DEQConfig()
-            z, stats = solve(f, params, x, z0, deq_cfg, bwd_sink)
+        if hooks.mode == "deq":
+            z, stats = hooks.solve(f, params, x, z0, hooks.deq_cfg, hooks.bwd_sink)
             aux["fwd_stats"] = stats
             aux["rel_residual"] = stats.rel_residual
         else:
-            z, rel = unroll(f, params, x, z0, int(n_unroll if n_unroll is not None else self.cfg.n_unroll))
-            aux["rel_residual"] = rel
-        if jac_reg:
+            z, aux["rel_residual"] = hooks.unroll(f, params, x, z0, int(hooks.n_unroll))
+        if hooks.jac_samples:
             if k_jac is None:
-                raise ValueError("jac_reg=True needs a PRNG key")
+                raise ValueError("the Jacobian term (jac_samples > 0) needs a PRNG key")
             # Identity collectives: outside shard_map GSPMD partitions this like any jit code.
-            fro2 = hutchinson_jac_fro2(lambda zz: f(params, zz, x, comms=LOCAL), z, k_jac, n_samples=jac_samples)
+            fro2 = hutchinson_jac_fro2(lambda zz: f(params, zz, x, comms=LOCAL), z, k_jac,
+                                       n_samples=hooks.jac_samples)
             aux["jac_fro2"] = fro2
             aux["jac_loss"] = jnp.mean(fro2.astype(jnp.float32)) / (z.shape[1] * z.shape[2])
         return z, aux
@@ -233,15 +168,13 @@ class DEQTransformer(nnx.Module):
         f, params = self.split_block()
         return spectral_radius(lambda zz: f(params, zz, x, comms=LOCAL), z, key, n_iter=n_iter)
 
-    def __call__(self, tokens: jax.Array, **kwargs) -> tuple[jax.Array, dict]:
-        """Logits (B, S, V) float32 and the aux dict of `features` (same keyword arguments)."""
-        z, aux = self.features(tokens, **kwargs)
+    def __call__(self, tokens: jax.Array, hooks: SolveHooks = SolveHooks(), *, deterministic: bool = True,
+                 key: jax.Array | None = None) -> tuple[jax.Array, dict]:
+        """Logits (B, S, V) float32 and the aux dict of `features` (same arguments)."""
+        z, aux = self.features(tokens, hooks, deterministic=deterministic, key=key)
         return self.head(z), aux
 
 
-# ---------------------------------------------------------------------------
-# Parameter helpers for train/ and parallel/
-# ---------------------------------------------------------------------------
 def param_count(model: nnx.Module) -> int:
     return int(sum(a.size for a in jax.tree.leaves(nnx.state(model, nnx.Param))))
 
@@ -258,16 +191,9 @@ def block_params_and_specs(model: DEQTransformer) -> tuple[nnx.State, nnx.State]
 
 
 __all__ = [
-    "Collectives",
     "DEQTransformer",
-    "EquilibriumFn",
-    "EquilibriumSolve",
-    "Unroll",
     "block_params_and_specs",
-    "local_solve",
-    "local_unroll",
     "lm_loss",
     "logical_specs",
     "param_count",
-    "per_sample_norm",
 ]

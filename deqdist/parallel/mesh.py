@@ -1,11 +1,12 @@
-"""Device mesh from config: axes (data, fsdp, tensor), Auto axis types, optional DCN factor."""
+"""Device mesh from config: axes (data, fsdp, tensor), Auto axis types, optional DCN factor;
+the check that an array splits evenly over the devices of a sharding."""
 from __future__ import annotations
 
 import math
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh
+from jax.sharding import AxisType, Mesh, NamedSharding
 
 from .config import AXES, ParallelConfig
 
@@ -48,23 +49,14 @@ def make_mesh(cfg: ParallelConfig, devices=None) -> Mesh:
     return Mesh(arr, AXES, axis_types=types)
 
 
-def check_spec(shape: tuple[int, ...], spec, mesh: Mesh, what: str, hint: str = "") -> None:
-    """Raise a one-line ValueError if a dimension of `shape` does not split evenly under `spec`."""
-    for dim, entry in enumerate(spec):
+def check_divisible(shape: tuple[int, ...], sharding: NamedSharding, what: str, hint: str = "") -> None:
+    """Raise a one-line ValueError naming the numbers if a dimension of `shape` does not split
+    evenly over the devices `sharding` places it on. `what` names the array, `hint` the fix."""
+    mesh = sharding.mesh
+    for dim, entry in enumerate(sharding.spec):
         axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
         parts = math.prod(mesh.shape[a] for a in axes)
         if dim < len(shape) and shape[dim] % parts:
             sizes = ", ".join(f"{a}={mesh.shape[a]}" for a in axes)
             raise ValueError(f"{what} dim {dim} has size {shape[dim]}, not divisible by the {parts} devices "
                              f"of mesh axes ({sizes}){hint}")
-
-
-def check_divisible(mesh: Mesh, cfg: ParallelConfig, **sizes: int) -> None:
-    """Raise a one-line ValueError if a mesh axis does not divide the size it splits.
-
-    Keys are logical names (`batch`, `seq`, `heads`, `mlp`, `vocab`, `embed`), values sizes.
-    """
-    for name, size in sizes.items():
-        axes = cfg.rule(name)
-        check_spec((size,), (axes or None,), mesh, f"logical axis {name!r}",
-                   f"; change the {name} size or the mesh sizes / parallel.rules")

@@ -21,7 +21,7 @@ import jax
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
-from ..deq import DEQConfig, backward_sink, deq
+from ..deq import DEQConfig, backward_sink, deq, unroll
 from ..model.collectives import Collectives
 from ..solvers import SampleReduce, SolveStats
 from .config import AXES, ParallelConfig
@@ -66,14 +66,14 @@ def make_solve(mesh: Mesh, cfg: ParallelConfig) -> Callable:
     z_spec = activation_spec(cfg, "batch", "seq", None)
     row_spec = activation_spec(cfg, "batch")
     comms = collectives(_seq_axes(cfg))
-    red = sample_reduce(cfg)
+    reduce = sample_reduce(cfg)
 
     def solve(f, params, x, z0, deq_cfg: DEQConfig, bwd_sink=None):
         if bwd_sink is None:
             bwd_sink = backward_sink(z0.shape[0])
 
         def local(params, x, z0, sink):
-            return deq(functools.partial(f, comms=comms), params, x, z0, deq_cfg, reduce=red, bwd_sink=sink)
+            return deq(functools.partial(f, comms=comms), params, x, z0, deq_cfg, reduce=reduce, bwd_sink=sink)
 
         stats_spec = SolveStats(*([row_spec] * 6),
                                 trace=P(*row_spec, None) if deq_cfg.fwd.trace else None)
@@ -91,20 +91,14 @@ def make_unroll(mesh: Mesh, cfg: ParallelConfig) -> Callable:
     z_spec = activation_spec(cfg, "batch", "seq", None)
     row_spec = activation_spec(cfg, "batch")
     comms = collectives(_seq_axes(cfg))
-    red = sample_reduce(cfg)
+    reduce = sample_reduce(cfg)
 
-    def unroll(f, params, x, z0, n: int):
+    def unroll_hook(f, params, x, z0, n: int):
         def local(params, x, z0):
-            def body(carry, _):
-                z, _ = carry
-                return (f(params, z, x, comms=comms), z), None
-
-            (z, zprev), _ = lax.scan(body, (z0, z0), None, length=n)
-            rel = red.norm(z - zprev) / (red.norm(z) + 1e-12)
-            return z, rel
+            return unroll(functools.partial(f, comms=comms), params, x, z0, n, reduce=reduce)
 
         return jax.shard_map(local, mesh=mesh,
                              in_specs=(_param_in_specs(params, cfg), _tree_spec(x, z_spec), z_spec),
                              out_specs=(z_spec, row_spec))(params, x, z0)
 
-    return unroll
+    return unroll_hook

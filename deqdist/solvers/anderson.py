@@ -25,20 +25,20 @@ class AndersonState(NamedTuple):
 
 
 class Anderson:
-    def init(self, z, fz, cfg: SolverConfig, red: SampleReduce) -> AndersonState:
+    def init(self, z, fz, cfg: SolverConfig, reduce: SampleReduce) -> AndersonState:
         B, N = z.shape
         m = cfg.anderson_m
         return AndersonState(F=jnp.zeros_like(z, shape=(B, m, N)), G=jnp.zeros_like(z, shape=(B, m, N)),
-                             gram=red.zeros(z, (B, m, m)))
+                             gram=reduce.zeros(z, (B, m, m)))
 
-    def update(self, st: AndersonState, z, fz, k, cfg: SolverConfig, red: SampleReduce):
-        B, m, _ = st.F.shape
+    def update(self, state: AndersonState, z, fz, k, cfg: SolverConfig, reduce: SampleReduce):
+        B, m, _ = state.F.shape
         slot = k % m
         g = fz - z
-        F = lax.dynamic_update_slice_in_dim(st.F, fz[:, None], slot, axis=1)
-        G = lax.dynamic_update_slice_in_dim(st.G, g[:, None], slot, axis=1)
-        row = red.psum(jnp.einsum("bmn,bn->bm", G, g))            # new row of G G^T
-        gram = lax.dynamic_update_slice_in_dim(st.gram, row[:, None, :], slot, axis=1)
+        F = lax.dynamic_update_slice_in_dim(state.F, fz[:, None], slot, axis=1)
+        G = lax.dynamic_update_slice_in_dim(state.G, g[:, None], slot, axis=1)
+        row = reduce.psum(jnp.einsum("bmn,bn->bm", G, g))            # new row of G G^T
+        gram = lax.dynamic_update_slice_in_dim(state.gram, row[:, None, :], slot, axis=1)
         gram = lax.dynamic_update_slice_in_dim(gram, row[:, :, None], slot, axis=2)
 
         valid = jnp.arange(m) < jnp.minimum(k + 1, m)               # (m,)

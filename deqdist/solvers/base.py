@@ -160,10 +160,10 @@ def _psum_varying(x: jax.Array, axes: tuple[str, ...]) -> jax.Array:
 
 
 class Method(Protocol):
-    def init(self, z: jax.Array, fz: jax.Array, cfg: SolverConfig, red: "SampleReduce") -> Any: ...
+    def init(self, z: jax.Array, fz: jax.Array, cfg: SolverConfig, reduce: "SampleReduce") -> Any: ...
 
     def update(self, state: Any, z: jax.Array, fz: jax.Array, k: jax.Array,
-               cfg: SolverConfig, red: SampleReduce) -> tuple[jax.Array, Any]:
+               cfg: SolverConfig, reduce: SampleReduce) -> tuple[jax.Array, Any]:
         """Given iterate z (B, N) and f(z), return the next iterate to evaluate."""
         ...
 
@@ -186,7 +186,7 @@ def _mask(active: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def run(method: Method, f: Callable[[jax.Array], jax.Array], z0: jax.Array, cfg: SolverConfig,
-        red: SampleReduce = SampleReduce(), scale: jax.Array | None = None) -> tuple[jax.Array, SolveStats]:
+        reduce: SampleReduce = SampleReduce(), scale: jax.Array | None = None) -> tuple[jax.Array, SolveStats]:
     """Drive `method` on the fixed-point map f from z0 (shape (B, ...)).
 
     Iterates are flattened to (B, N) in the accumulation dtype; f sees z's own shape
@@ -211,7 +211,7 @@ def run(method: Method, f: Callable[[jax.Array], jax.Array], z0: jax.Array, cfg:
         """(|f(z) - z|, |z - z0|, |g(z) - g(z0)|) per sample, g(z) = f(z) - z, in one reduction."""
         fz = jnp.where(jnp.isfinite(fz), fz, jnp.inf)  # any non-finite value => infinite residual
         g, d = fz - z, z - z_start
-        sq = red.psum(jnp.stack([jnp.sum(a * a, axis=1) for a in (g, d, g - g_start)]))
+        sq = reduce.psum(jnp.stack([jnp.sum(a * a, axis=1) for a in (g, d, g - g_start)]))
         r, dist, dg = jnp.sqrt(sq)
         return jnp.where(jnp.isnan(r), jnp.inf, r), dist, dg
 
@@ -237,13 +237,13 @@ def run(method: Method, f: Callable[[jax.Array], jax.Array], z0: jax.Array, cfg:
         k=jnp.zeros((), jnp.int32), z=z_start, fz=fz, active=~done(r0) & ~diverged,
         best_z=z_start, best_r=r0, nstep=zeros_i, diverged=diverged,
         trace=jnp.full_like(r0, jnp.nan, shape=(batch, cfg.max_iter)) if cfg.trace else None,
-        method=method.init(z_start, fz, cfg, red))
+        method=method.init(z_start, fz, cfg, reduce))
 
     def cond(s: _Loop):
-        return (s.k < cfg.max_iter) & red.any_active(s.active)
+        return (s.k < cfg.max_iter) & reduce.any_active(s.active)
 
     def body(s: _Loop):
-        z_next, mstate = method.update(s.method, s.z, s.fz, s.k, cfg, red)
+        z_next, mstate = method.update(s.method, s.z, s.fz, s.k, cfg, reduce)
         z_next = _mask(s.active, z_next, s.z)
         fz_next = f_flat(z_next)
         fz_next = _mask(s.active, fz_next, s.fz)

@@ -60,34 +60,34 @@ def _combine(S, coef, base, nblocks):
 
 
 class Broyden:
-    def init(self, z, fz, cfg: SolverConfig, red: SampleReduce) -> BroydenState:
+    def init(self, z, fz, cfg: SolverConfig, reduce: SampleReduce) -> BroydenState:
         shape = history_shape(*z.shape, cfg)
         M = shape[0] * shape[2]
-        return BroydenState(S=jnp.zeros_like(z, shape=shape), gram=red.zeros(z, (z.shape[0], M, M)),
+        return BroydenState(S=jnp.zeros_like(z, shape=shape), gram=reduce.zeros(z, (z.shape[0], M, M)),
                             n=jnp.zeros((), jnp.int32))
 
-    def update(self, st: BroydenState, z, fz, k, cfg: SolverConfig, red: SampleReduce):
-        nb, B, C, _ = st.S.shape
+    def update(self, state: BroydenState, z, fz, k, cfg: SolverConfig, reduce: SampleReduce):
+        nb, B, C, _ = state.S.shape
         M = nb * C
-        n = st.n
+        n = state.n
         m = jnp.minimum(n, M)                      # steps stored: s_{n-m} .. s_{n-1}
         tiny = jnp.finfo(z.dtype).tiny
         F = z - fz
-        d = red.psum(_dots(st.S, F, (m + C - 1) // C))    # s_i . F by slot
-        sn2 = jnp.diagonal(st.gram, axis1=1, axis2=2)      # |s_i|^2 by slot
+        d = reduce.psum(_dots(state.S, F, (m + C - 1) // C))    # s_i . F by slot
+        sn2 = jnp.diagonal(state.gram, axis1=1, axis2=2)      # |s_i|^2 by slot
 
         # c_j = s_j . w_j / |s_j|^2 with w_j = -F + sum_{i<j} c_i s_{i+1}, in chronological order.
         def recur(t, coef):
             j = n - m + t
             sj, sj1 = j % M, (j + 1) % M
-            sw = -d[:, sj] + jnp.einsum("bm,bm->b", st.gram[:, sj], coef)
+            sw = -d[:, sj] + jnp.einsum("bm,bm->b", state.gram[:, sj], coef)
             c = jnp.where(sn2[:, sj] > tiny, sw / jnp.maximum(sn2[:, sj], tiny), 0.0)
             return coef.at[:, sj1].set(c)
 
         coef = lax.fori_loop(0, jnp.maximum(m - 1, 0), recur, jnp.zeros_like(d))
-        w = _combine(st.S, coef, -F, (m + C - 1) // C)
+        w = _combine(state.S, coef, -F, (m + C - 1) // C)
         # s_i . w for every stored step, from small quantities only.
-        sw = -d + jnp.einsum("bij,bj->bi", st.gram, coef)
+        sw = -d + jnp.einsum("bij,bj->bi", state.gram, coef)
         last = (n - 1) % M
         ratio = jnp.where((n > 0) & (sn2[:, last] > tiny), sw[:, last] / jnp.maximum(sn2[:, last], tiny), 0.0)
         den = 1.0 - ratio
@@ -96,9 +96,9 @@ class Broyden:
         # New Gram row/column: s_i . s_new for the steps that stay, |s_new|^2 on the diagonal.
         slot = n % M
         row = sw / den[:, None]
-        row = row.at[:, slot].set(red.dot(s_new, s_new))
+        row = row.at[:, slot].set(reduce.dot(s_new, s_new))
         valid = (jnp.arange(M) < jnp.minimum(n + 1, M))
         row = jnp.where(valid[None], row, 0.0)
-        gram = st.gram.at[:, slot, :].set(row).at[:, :, slot].set(row)
-        S = st.S.at[slot // C, :, slot % C].set(s_new)
+        gram = state.gram.at[:, slot, :].set(row).at[:, :, slot].set(row)
+        S = state.S.at[slot // C, :, slot % C].set(s_new)
         return z + s_new, BroydenState(S=S, gram=gram, n=n + 1)

@@ -5,9 +5,9 @@ from .base import SampleReduce, SolverConfig
 
 
 class Picard:
-    def init(self, z, fz, cfg: SolverConfig, red: SampleReduce):
+    def init(self, z, fz, cfg: SolverConfig, reduce: SampleReduce):
         return ()
 
-    def update(self, st, z, fz, k, cfg: SolverConfig, red: SampleReduce):
+    def update(self, state, z, fz, k, cfg: SolverConfig, reduce: SampleReduce):
         d = cfg.damping
-        return (1.0 - d) * z + d * fz if d != 1.0 else fz, st
+        return (1.0 - d) * z + d * fz if d != 1.0 else fz, state

@@ -7,7 +7,7 @@ ShapeDtypeStructs, so nothing is allocated; XLA's TPU compiler then reports
 per-device memory and FLOPs, and refuses (RESOURCE_EXHAUSTED) a program that
 would not fit in HBM.
 
-Variants: the explicit warm-up (model.n_unroll applications), the DEQ step,
+Variants: the explicit warm-up (train.n_unroll applications), the DEQ step,
 the DEQ step with the Jacobian term, and the explicit twin at 12 and 24
 applications for comparison. Exit codes: 0 every step this config trains
 with fits; EXIT_DOES_NOT_FIT (5) one of them does not (one line on stderr);
@@ -31,7 +31,7 @@ import jax
 
 from deqdist.bench.common import table
 from deqdist.config import Config, ConfigError, load_config
-from deqdist.parallel.inspect import solver_loops
+from deqdist.parallel.hlo import solver_loops
 from deqdist.train.step import Steps
 
 EXIT_DOES_NOT_FIT = 5
@@ -96,14 +96,14 @@ class Variant:
 
 
 def variants(cfg: Config, wanted: Sequence[str]) -> list[Variant]:
-    m, t = cfg.model, cfg.train
-    jac_on = m.jac_reg_every > 0 and m.jac_reg_weight > 0
+    t = cfg.train
+    jac_on = t.jac_reg_every > 0 and t.jac_reg_weight > 0
     deq_phase = t.warmup_explicit_steps < t.steps
     every = {
-        "warmup": Variant(f"explicit x{m.n_unroll} (warm-up)", "explicit", False, m.n_unroll,
+        "warmup": Variant(f"explicit x{t.n_unroll} (warm-up)", "explicit", False, t.n_unroll,
                           t.warmup_explicit_steps > 0),
-        "deq": Variant("deq", "deq", False, m.n_unroll, deq_phase and (not jac_on or m.jac_reg_every > 1)),
-        "deq+jac": Variant("deq + jacobian term", "deq", True, m.n_unroll, deq_phase and jac_on),
+        "deq": Variant("deq", "deq", False, t.n_unroll, deq_phase and (not jac_on or t.jac_reg_every > 1)),
+        "deq+jac": Variant("deq + jacobian term", "deq", True, t.n_unroll, deq_phase and jac_on),
         "twin12": Variant("explicit twin x12", "explicit", False, 12, False),
         "twin24": Variant("explicit twin x24", "explicit", False, 24, False),
     }
@@ -165,10 +165,10 @@ def compile_report(cfg: Config, topology: str, slices: int, wanted: Sequence[str
     rows = []
     for v in variants(cfg, wanted):
         if v.n_unroll not in built:
-            c = dataclasses.replace(cfg, model=cfg.model.replace(n_unroll=v.n_unroll))
+            c = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, n_unroll=v.n_unroll))
             built[v.n_unroll] = Steps.for_config(c, devices)
         key = (v.mode, v.jac, v.n_unroll if v.mode == "explicit" else None)
-        if key in done:  # the warm-up is the twin at model.n_unroll: one program
+        if key in done:  # the warm-up is the twin at train.n_unroll: one program
             rows.append({**done[key], "variant": v.name, "trained": v.trained})
             continue
         row = done[key] = compile_variant(built[v.n_unroll], v)

@@ -8,7 +8,8 @@ import jax
 from deqdist.config import Config
 from deqdist.data import Corpus, eval_iterator, to_global
 from deqdist.data.windows import eval_num_windows
-from deqdist.train.step import Steps, summarize_eval
+from deqdist.train.metrics import loss_scores
+from deqdist.train.step import Steps
 
 
 def evaluate(steps: Steps, params: Any, corpus: Corpus, cfg: Config, split: str, *, mode: str = "deq",
@@ -31,6 +32,19 @@ def evaluate(steps: Steps, params: Any, corpus: Corpus, cfg: Config, split: str,
     res["windows"] = n * cfg.data.global_batch_size
     res["split_windows"] = eval_num_windows(len(corpus.split(split)), cfg.data.seq_len)
     return res
+
+
+def summarize_eval(sums: dict[str, float], kind: str) -> dict[str, float]:
+    """Sums over batches -> loss (nats/token), bits per byte (byte corpora) or perplexity, solver means."""
+    n = max(sums.get("tokens", 0.0), 1.0)
+    loss = sums["nll"] / n
+    out = {"loss": loss, "tokens": sums.get("tokens", 0.0), **loss_scores(loss, kind)}
+    if "fwd_iters" in sums:
+        s = max(sums["samples"], 1.0)
+        out["fwd_iters"] = sums["fwd_iters"] / s
+        out["fwd_hit_max"] = sums["fwd_hit_max"] / s
+        out["fwd_rel_res"] = sums["fwd_rel_res"] / s
+    return out
 
 
 def coverage(res: dict) -> str:

@@ -27,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from deqdist.config import Config
-from deqdist.model import decode
-from deqdist.train import mesh as meshlib
+from deqdist.model import SolveHooks, decode
+from deqdist.train import mesh as train_mesh
 from deqdist.train.state import StateSpec, merge
 
 
@@ -47,7 +47,7 @@ class Generation:
                 f"max relative residual {self.residual.max():.2e}")
 
 
-def _pick(lg: jax.Array, key: jax.Array, temperature: jax.Array, rows: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _pick(next_logits: jax.Array, key: jax.Array, temperature: jax.Array, rows: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Next ids (B,) from logits (B, V): categorical at `temperature`, argmax at 0.
 
     Row r draws with a key of its own (the step's key folded with r), so a prompt samples
@@ -55,8 +55,8 @@ def _pick(lg: jax.Array, key: jax.Array, temperature: jax.Array, rows: jax.Array
     """
     key, sub = jax.random.split(key)
     keys = jax.vmap(lambda r: jax.random.fold_in(sub, r))(rows)
-    sampled = jax.vmap(jax.random.categorical)(keys, lg / jnp.maximum(temperature, 1e-6))
-    return jnp.where(temperature > 0, sampled, jnp.argmax(lg, axis=-1)).astype(jnp.int32), key
+    sampled = jax.vmap(jax.random.categorical)(keys, next_logits / jnp.maximum(temperature, 1e-6))
+    return jnp.where(temperature > 0, sampled, jnp.argmax(next_logits, axis=-1)).astype(jnp.int32), key
 
 
 def _windowed_sampler(spec: StateSpec, cfg: Config, n_new: int):
@@ -70,9 +70,9 @@ def _windowed_sampler(spec: StateSpec, cfg: Config, n_new: int):
             L = prompt_len + i  # tokens so far
             start = jnp.maximum(L - S, 0)
             window = jax.lax.dynamic_slice(buf, (0, start), (1, S))
-            logits, aux = model(window, mode="deq", deq_cfg=cfg.solver)
-            lg = jax.lax.dynamic_index_in_dim(logits, L - 1 - start, axis=1, keepdims=False)
-            tok, key = _pick(lg, key, temperature, row[None])
+            logits, aux = model(window, SolveHooks(deq_cfg=cfg.solver))
+            next_logits = jax.lax.dynamic_index_in_dim(logits, L - 1 - start, axis=1, keepdims=False)
+            tok, key = _pick(next_logits, key, temperature, row[None])
             st = aux["fwd_stats"]
             return buf.at[0, L].set(tok[0]), iters.at[i].set(st.nstep), res.at[i].set(st.rel_residual), key
 
@@ -92,16 +92,16 @@ def _cached_sampler(spec: StateSpec, cfg: Config, n_new: int, shardings: dict):
     def run(params, prompts, lengths, key, temperature):
         model = merge(spec, params)
         rows = jnp.arange(prompts.shape[0])
-        lg, cache, st = decode.prefill(model, prompts, lengths, cfg.solver)
-        tok, key = _pick(lg, key, temperature, rows)
+        next_logits, cache, st = decode.prefill(model, prompts, lengths, cfg.solver)
+        tok, key = _pick(next_logits, key, temperature, rows)
         out = jnp.zeros((n_new, prompts.shape[0]), jnp.int32).at[0].set(tok)
         iters = jnp.zeros(out.shape, jnp.int32).at[0].set(st.nstep)
         res = jnp.zeros(out.shape, jnp.float32).at[0].set(st.rel_residual)
 
         def body(i, carry):
             cache, out, iters, res, key = carry
-            lg, cache, st = decode.step(model, cache, out[i - 1], cfg.solver)
-            tok, key = _pick(lg, key, temperature, rows)
+            next_logits, cache, st = decode.step(model, cache, out[i - 1], cfg.solver)
+            tok, key = _pick(next_logits, key, temperature, rows)
             return (constrain(cache), out.at[i].set(tok), iters.at[i].set(st.nstep),
                     res.at[i].set(st.rel_residual), key)
 
@@ -129,7 +129,7 @@ def make_sampler(spec: StateSpec, cfg: Config, n_new: int, *, cache: bool = True
 
     def cached(params, prompts, key, temp):
         B = len(prompts)
-        sh = meshlib.decode_shardings(spec.mesh, cfg, B)
+        sh = train_mesh.decode_shardings(spec.mesh, cfg, B)
         if B not in compiled:
             compiled[B] = _cached_sampler(spec, cfg, n_new, sh)
         # Right-padded to seq_len: the prompt solve has the training shape whatever the lengths.
@@ -143,7 +143,7 @@ def make_sampler(spec: StateSpec, cfg: Config, n_new: int, *, cache: bool = True
     def windowed(params, prompts, key, temp):
         if 0 not in compiled:
             compiled[0] = _windowed_sampler(spec, cfg, n_new)
-        rep = meshlib.replicated(spec.mesh)
+        rep = train_mesh.replicated(spec.mesh)
         runs = []
         for row, p in enumerate(prompts):
             buf = np.zeros((1, max(len(p) + n_new, S)), np.int32)

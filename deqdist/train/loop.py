@@ -23,19 +23,18 @@ import numpy as np
 
 from deqdist.config import Config
 from deqdist.data import Corpus, DataError, eval_iterator, load_corpus, to_global, train_iterator
-from deqdist.train import rundir as rd
-from deqdist.train import checkpoint as ckptlib
+from deqdist.train import rundir
+from deqdist.train import checkpoint
 from deqdist.train.checkpoint import Checkpoints
 from deqdist.train.lock import RunDirLocked, RunLock, check_unlocked
 from deqdist.train.evaluate import coverage, evaluate
 from deqdist.train.generate import generate, generate_batch
+from deqdist.train.hooks import (BadSteps, Checkpointer, CompileTimer, Evaluate, LogMetrics, Preempted, Spectral,
+                                  StepInfo, StopAfter, Throughput, WarmupDone, run_hooks, say_stop)
 from deqdist.train.metrics import MetricsSink, Progress, finite_or_null, summary
 from deqdist.train.preempt import Preemption
 from deqdist.train.state import StateSpec, init_state
 from deqdist.train.step import Steps
-
-LN2 = float(np.log(2.0))
-EXIT_BAD_STEPS = 4
 
 
 def _primary() -> bool:
@@ -71,19 +70,19 @@ class Session:
     def open_checkpoints(self) -> Checkpoints:
         if self.ckpt is None:
             c = self.cfg.checkpoint
-            self.ckpt = Checkpoints(self.run_dir / rd.CHECKPOINTS, keep=c.keep, async_save=c.async_save,
+            self.ckpt = Checkpoints(self.run_dir / rundir.CHECKPOINTS, keep=c.keep, async_save=c.async_save,
                                     create=self._create)
         return self.ckpt
 
-    def scan_checkpoints(self) -> ckptlib.Scan:
+    def scan_checkpoints(self) -> checkpoint.Scan:
         """Verify the run's checkpoints (writes nothing); RunDirError if there are some but none is usable."""
-        directory = self.run_dir / rd.CHECKPOINTS
+        directory = self.run_dir / rundir.CHECKPOINTS
         with _no_usable_checkpoint(directory):
-            scanned = ckptlib.scan(directory)
+            scanned = checkpoint.scan(directory)
             scanned.check(directory)
         return scanned
 
-    def restore_latest(self, data_iter=None, scanned: ckptlib.Scan | None = None
+    def restore_latest(self, data_iter=None, scanned: checkpoint.Scan | None = None
                        ) -> tuple[Any, int | None, list[int]]:
         """(state, step, steps skipped as damaged) of the newest good checkpoint; (None, None, []) if none."""
         ck = self.open_checkpoints()
@@ -99,8 +98,8 @@ class Session:
 def _no_usable_checkpoint(directory: Path):
     try:
         yield
-    except ckptlib.NoUsableCheckpoint as e:
-        raise rd.RunDirError(f"{e}; to start this run over, move {directory} aside") from None
+    except checkpoint.NoUsableCheckpoint as e:
+        raise rundir.RunDirError(f"{e}; to start this run over, move {directory} aside") from None
 
 
 # ---------------------------------------------------------------------------
@@ -110,17 +109,17 @@ def run_train(config_path: str | None, run_dir: Path | None, overrides: Sequence
               stop_after: int | None = None) -> int:
     if run_dir is None:
         if jax.process_count() > 1:
-            raise rd.RunDirError("with several processes give --run-dir (a directory every host can reach)")
-        run_dir = rd.default_run_dir(config_path)
+            raise rundir.RunDirError("with several processes give --run-dir (a directory every host can reach)")
+        run_dir = rundir.default_run_dir(config_path)
     run_dir = Path(run_dir)
     _locked_out(lambda: check_unlocked(run_dir) if _primary() else None)  # fail fast, before any work
-    cfg, saved = rd.resolve_for_train(config_path, run_dir, overrides)
+    cfg, saved = rundir.resolve_for_train(config_path, run_dir, overrides)
     cfg.data.per_host_batch(jax.process_count())  # DataError if not divisible
 
     # ---- validate everything before writing anything
     session = Session(cfg, run_dir, create_checkpoints=True)  # checkpoints are opened after mkdir below
     corpus = load_data(cfg)
-    rd.check_corpus(run_dir, corpus.info())
+    rundir.check_corpus(run_dir, corpus.info())
     data_it = train_iterator(corpus, cfg.data)
     eval_iterator(corpus, cfg.data, "valid")  # DataError now if the valid split is too short
     eval_iterator(corpus, cfg.data, "test", max_batches=cfg.train.test_batches)
@@ -154,21 +153,21 @@ def _locked_out(fn):
         if int(multihost_utils.broadcast_one_to_all(np.int32(err is not None))):
             err = err or "another trainer holds the run directory (see process 0)"
     if err is not None:
-        raise rd.RunDirError(err)
+        raise rundir.RunDirError(err)
     return out
 
 
 def _start_and_train(session: Session, run_dir: Path, cfg: Config, saved: Config | None, corpus: Corpus, data_it,
-                     stop_after: int | None, scanned: ckptlib.Scan) -> int:
+                     stop_after: int | None, scanned: checkpoint.Scan) -> int:
     state, start, damaged = session.restore_latest(data_it, scanned)
     session.ckpt.set_aside([s for s in damaged if start is None or s > start])
     resumed = start is not None
     if not resumed:
         state, start = init_state(cfg, session.spec), 0
     if _primary():
-        cfg.save(run_dir / rd.CONFIG)  # first file of a new run: a dir without it is restarted from scratch
-        rd.write_json(run_dir / rd.CORPUS, corpus.info())
-        rd.append_runlog(run_dir, _run_entry(session, start, resumed, saved, cfg))
+        cfg.save(run_dir / rundir.CONFIG)  # first file of a new run: a dir without it is restarted from scratch
+        rundir.write_json(run_dir / rundir.CORPUS, corpus.info())
+        rundir.append_runlog(run_dir, _run_entry(session, start, resumed, saved, cfg))
     n_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(session.spec.abstract["params"]))
     mesh_desc = " x ".join(f"{k}={v}" for k, v in session.mesh.shape.items())
     _say(f"run dir: {run_dir}")
@@ -198,103 +197,31 @@ def _run_entry(session: Session, start: int, resumed: bool, saved: Config | None
 
 def _train_loop(session: Session, state, start: int, corpus: Corpus, data_it, stop_after: int | None) -> int:
     cfg, steps, ckpt = session.cfg, session.steps, session.open_checkpoints()
-    t = cfg.train
-    total = t.steps
-    primary = _primary()
-    sink = MetricsSink(session.run_dir, enabled=primary, tensorboard=cfg.logging.tensorboard, resume_step=start)
+    total, primary = cfg.train.steps, _primary()
+    tb_dir = session.run_dir / rundir.TB if cfg.logging.tensorboard else None
+    sink = MetricsSink(session.run_dir / rundir.METRICS, tb_dir, enabled=primary, resume_step=start)
     progress = Progress(cfg.logging.progress, total=total, initial=start, enabled=primary)
-    tokens_per_step = cfg.data.global_batch_size * cfg.model.seq_len
-    unit = "bpb" if corpus.kind == "bytes" else "ppl"
+    checkpointer = Checkpointer(ckpt, cfg.checkpoint.every, data_it, start)
     step = start
-    last_saved = start if start > 0 else None
-    compiled: set = set()
-    window: list = []
-    bad_run = 0  # consecutive rejected steps, up to the last logged step
-    t_last, s_last = time.time(), step
-    code = 0
     try:
-        with Preemption() as pre:
+        with Preemption() as preemption:
+            train_step, hooks = _hooks(session, corpus, start, stop_after, sink, progress, checkpointer, preemption)
             while step < total:
-                mode = steps.mode_at(step)
-                if step == t.warmup_explicit_steps and step > 0 and step != start:
-                    progress.write(f"step {step}: explicit warm-up done, training the DEQ from here")
-                fn = steps.train_step(step)
+                variant = (steps.mode_at(step), steps.jac_at(step))
                 batch = to_global(next(data_it), steps.batch_sharding)
-                key = (mode, steps.jac_at(step))
-                if key not in compiled:
-                    t0 = time.time()
-                    state, m = fn(state, batch)
-                    jax.block_until_ready(m)
-                    progress.write(f"compiled the {mode}{' + jac-reg' if key[1] else ''} train step "
-                                   f"in {time.time() - t0:.1f}s")
-                    compiled.add(key)
-                    t_last, s_last = time.time(), step + 1
-                else:
-                    state, m = fn(state, batch)
+                state, metrics = train_step(variant, steps.train_step(step), state, batch, step)
                 step += 1
-                window.append((m["loss"], m.get("bad", 0.0)))
                 progress.step(step)
                 ckpt.poll()
-                spectral = None
-                if t.spectral_every and (step % t.spectral_every == 0 or step == total):
-                    # On the batch just trained on, at the updated parameters.
-                    spectral = {k: float(v) for k, v in
-                                jax.device_get(steps.spectral_step()(state["params"], batch)).items()}
-                if spectral is not None:
-                    sink.write("spectral", step, spectral)
-                if step % t.log_every == 0 or step == total:
-                    m = {k: float(v) for k, v in jax.device_get(m).items()}
-                    losses, bad = (np.asarray(x, np.float64) for x in zip(*jax.device_get(window)))
-                    window = []
-                    for b in bad:
-                        bad_run = bad_run + 1 if b else 0
-                    m["loss"] = float(np.mean(losses[bad == 0])) if (bad == 0).any() else float("nan")
-                    m.pop("bad", None)
-                    m["bad_steps"] = float(bad.sum())
-                    if unit == "bpb":
-                        m["bpb"] = m["loss"] / LN2
-                    else:
-                        m["ppl"] = float(np.exp(min(m["loss"], 700.0)))
-                    now = time.time()
-                    if step > s_last:
-                        m["tok_s"] = tokens_per_step * (step - s_last) / max(now - t_last, 1e-9)
-                    t_last, s_last = now, step
-                    m["deq"] = 1.0 if mode == "deq" else 0.0
-                    sink.write("train", step, m)
-                    progress.log(step, {**m, **(spectral or {})})
-                    if bad_run >= t.max_bad_steps:
-                        ckpt.wait()
-                        progress.close()
-                        kept = ckpt.latest_step()
-                        if primary:
-                            print(f"deqdist train: stopped at step {step} after {bad_run} consecutive steps with a "
-                                  f"non-finite loss, gradient or update or a diverged solve (parameters unchanged "
-                                  f"since step {step - bad_run}); last checkpoint: "
-                                  f"{'step ' + str(kept) if kept is not None else 'none'}; lower train.lr or "
-                                  f"raise solver.max_iter, then resume with: deqdist train --run-dir "
-                                  f"{session.run_dir}", file=sys.stderr, flush=True)
-                        return EXIT_BAD_STEPS
-                if t.eval_every and step % t.eval_every == 0 and step < total:
-                    _eval_and_log(session, state, corpus, "valid", step, steps.mode_at(step - 1), sink, progress,
-                                  cfg.data.eval_batches)
-                    t_last, s_last = time.time(), step
-                if cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
-                    ckpt.save(step, state, data_it)
-                    last_saved = step
-                if pre.requested():
-                    why, code = f"{pre.name}: saved a checkpoint at step {step} and stopped", pre.exit_code
-                elif stop_after is not None and step - start >= stop_after and step < total:
-                    why, code = f"stopped after {stop_after} steps (--stop-after) at step {step}; checkpoint saved", 0
-                else:
-                    continue
-                if last_saved != step:
-                    ckpt.save(step, state, data_it, wait=True)
-                ckpt.wait()
-                progress.close()
-                _say(f"{why}; resume with: deqdist train --run-dir {session.run_dir}")
-                return code
-            if last_saved != step:
-                ckpt.save(step, state, data_it)
+                stop = run_hooks(hooks, StepInfo(step, state, batch, metrics, mode=variant[0]), total)
+                if stop is not None:
+                    if stop.save:
+                        checkpointer.ensure_saved(step, state, wait=True)
+                    ckpt.wait()
+                    progress.close()
+                    say_stop(stop, primary)
+                    return stop.code
+            checkpointer.ensure_saved(step, state)
             ckpt.wait()  # sealed before the final evaluation: a crash there resumes at the last step
             progress.close()
             if start >= total:
@@ -305,6 +232,25 @@ def _train_loop(session: Session, state, start: int, corpus: Corpus, data_it, st
         progress.close()
         sink.close()
     return code
+
+
+def _hooks(session: Session, corpus: Corpus, start: int, stop_after: int | None, sink: MetricsSink,
+           progress: Progress, checkpointer: Checkpointer, preemption: Preemption) -> tuple[CompileTimer, list]:
+    """The timed train-step call and the hooks run after each step, in the order they run."""
+    cfg, steps, run_dir, t = session.cfg, session.steps, session.run_dir, session.cfg.train
+    throughput = Throughput(cfg.data.global_batch_size * cfg.model.seq_len, start)
+    evaluate_valid = lambda state, step, mode: _eval_and_log(session, state, corpus, "valid", step, mode, sink,
+                                                             progress, cfg.data.eval_batches)
+    return CompileTimer(progress.write, throughput), [
+        Spectral(t.spectral_every, steps.spectral_step, sink.write),
+        LogMetrics(t.log_every, corpus.kind, throughput, sink.write, progress.log),
+        BadSteps(t.log_every, t.max_bad_steps, run_dir, checkpointer.last_sealed),
+        Evaluate(t.eval_every, t.steps, evaluate_valid, throughput),
+        checkpointer,
+        Preempted(preemption, run_dir),
+        StopAfter(stop_after, start, t.steps, run_dir),
+        WarmupDone(t.warmup_explicit_steps, t.steps, progress.write),
+    ]
 
 
 def _eval_and_log(session: Session, state, corpus: Corpus, split: str, step: int, mode: str, sink: MetricsSink,
@@ -325,12 +271,12 @@ def _finish(session: Session, state, corpus: Corpus, step: int, sink: MetricsSin
     mode = session.steps.mode_at(step - 1) if step > 0 else "deq"
     res_valid = _eval_and_log(session, state, corpus, "valid", step, mode, sink, _Printer(), cfg.data.eval_batches)
     res_test = _eval_and_log(session, state, corpus, "test", step, mode, sink, _Printer(), cfg.train.test_batches)
-    lg = cfg.logging
+    log_cfg = cfg.logging
     sample = None
-    if lg.sample_tokens > 0 and corpus.kind == "bytes":
-        ids = generate(session.spec, cfg, state["params"], list(lg.sample_prompt.encode("utf-8")) or [10],
-                       lg.sample_tokens, temperature=lg.sample_temperature, seed=cfg.train.seed)
-        sample = lg.sample_prompt + corpus.decode(ids)
+    if log_cfg.sample_tokens > 0 and corpus.kind == "bytes":
+        ids = generate(session.spec, cfg, state["params"], list(log_cfg.sample_prompt.encode("utf-8")) or [10],
+                       log_cfg.sample_tokens, temperature=log_cfg.sample_temperature, seed=cfg.train.seed)
+        sample = log_cfg.sample_prompt + corpus.decode(ids)
     if _primary():
         if corpus.kind == "bytes":
             _say(f"test bits/byte: {res_test['bpb']:.4f} (loss {res_test['loss']:.4f} nats/byte over "
@@ -341,10 +287,10 @@ def _finish(session: Session, state, corpus: Corpus, step: int, sink: MetricsSin
                  f"{int(res_test['tokens']):,} tokens, {coverage(res_test)} of the test split; "
                  f"valid {res_valid['ppl']:.2f})")
         if sample is not None:
-            _say(f"sample (temperature {lg.sample_temperature}, {lg.sample_tokens} bytes, prompt {lg.sample_prompt!r}):")
+            _say(f"sample (temperature {log_cfg.sample_temperature}, {log_cfg.sample_tokens} bytes, prompt {log_cfg.sample_prompt!r}):")
             _say("-" * 60 + "\n" + sample + "\n" + "-" * 60)
         results = {"step": step, "valid": res_valid, "test": res_test, "sample": sample, "corpus": corpus.info()}
-        rd.write_json(session.run_dir / rd.RESULTS, results)
+        rundir.write_json(session.run_dir / rundir.RESULTS, results)
     return 0
 
 
@@ -358,10 +304,10 @@ class _Printer(Progress):
 # ---------------------------------------------------------------------------
 def open_run(run_dir: Path, overrides: Sequence[str]) -> tuple[Session, Any, int]:
     """(session, restored state, step) of a run directory's newest checkpoint (RunDirError if none)."""
-    cfg = rd.resolve_for_run(run_dir, overrides)
-    ck_dir = run_dir / rd.CHECKPOINTS
+    cfg = rundir.resolve_for_run(run_dir, overrides)
+    ck_dir = run_dir / rundir.CHECKPOINTS
     if not ck_dir.is_dir():
-        raise rd.RunDirError(f"{run_dir} has no checkpoints yet ({ck_dir} is missing)")
+        raise rundir.RunDirError(f"{run_dir} has no checkpoints yet ({ck_dir} is missing)")
     session = Session(cfg, run_dir, create_checkpoints=False)
     try:
         state, step, _ = session.restore_latest(scanned=session.scan_checkpoints())
@@ -370,15 +316,15 @@ def open_run(run_dir: Path, overrides: Sequence[str]) -> tuple[Session, Any, int
         raise
     if step is None:
         session.close()
-        raise rd.RunDirError(f"{run_dir} has no complete checkpoint in {ck_dir}")
+        raise rundir.RunDirError(f"{run_dir} has no complete checkpoint in {ck_dir}")
     return session, state, step
 
 
 def run_eval(run_dir: Path, overrides: Sequence[str], *, splits: Sequence[str], batches: int | None) -> int:
     run_dir = Path(run_dir)
-    cfg = rd.resolve_for_run(run_dir, overrides)
+    cfg = rundir.resolve_for_run(run_dir, overrides)
     corpus = load_data(cfg)
-    rd.check_corpus(run_dir, corpus.info())
+    rundir.check_corpus(run_dir, corpus.info())
     session, state, step = open_run(run_dir, overrides)
     try:
         out = {"step": step}
@@ -397,19 +343,19 @@ def run_eval(run_dir: Path, overrides: Sequence[str], *, splits: Sequence[str], 
 def run_generate(run_dir: Path, overrides: Sequence[str], *, prompt: str | None, prompt_ids: Sequence[int] | None,
                  tokens: int, temperature: float, seed: int, cache: bool = True) -> int:
     run_dir = Path(run_dir)
-    cfg = rd.resolve_for_run(run_dir, overrides)
-    info = rd.read_json(run_dir / rd.CORPUS, {})
+    cfg = rundir.resolve_for_run(run_dir, overrides)
+    info = rundir.read_json(run_dir / rundir.CORPUS, {})
     kind = info.get("kind", "bytes") if isinstance(info, dict) else "bytes"
     if prompt_ids is None:
         if kind != "bytes":
-            raise rd.RunDirError(f"{run_dir} was trained on tokenizer ids, not bytes; pass --prompt-ids 1,2,3")
+            raise rundir.RunDirError(f"{run_dir} was trained on tokenizer ids, not bytes; pass --prompt-ids 1,2,3")
         text = cfg.logging.sample_prompt if prompt is None else prompt
         prompt_ids = list(text.encode("utf-8"))
         if not prompt_ids:
-            raise rd.RunDirError("--prompt is empty; give at least one character")
+            raise rundir.RunDirError("--prompt is empty; give at least one character")
     bad = [i for i in prompt_ids if not 0 <= i < cfg.model.vocab_size]
     if bad:
-        raise rd.RunDirError(f"prompt ids {bad[:5]} are outside [0, model.vocab_size={cfg.model.vocab_size})")
+        raise rundir.RunDirError(f"prompt ids {bad[:5]} are outside [0, model.vocab_size={cfg.model.vocab_size})")
     session, state, step = open_run(run_dir, overrides)
     try:
         gen = generate_batch(session.spec, cfg, state["params"], [prompt_ids], tokens, temperature=temperature,

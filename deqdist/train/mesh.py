@@ -45,27 +45,25 @@ def hooks(mesh: Mesh, cfg: Config) -> tuple[Any, Any]:
     return parallel.make_solve(mesh, cfg.parallel), parallel.make_unroll(mesh, cfg.parallel)
 
 
-def check_divisible(shape: tuple[int, ...], spec: P, mesh: Mesh, what: str, hint: str = "") -> None:
-    try:
-        parallel.check_spec(shape, spec, mesh, what, hint)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-
-
 def check_layout(cfg: Config, mesh: Mesh, abstract_params: Any, param_sh: Any) -> None:
     """ConfigError naming the numbers if any sharded dimension does not split evenly."""
     B, S, D = cfg.data.global_batch_size, cfg.model.seq_len, cfg.model.d_model
-    hint = "; change data.global_batch_size or the parallel.* sizes"
-    check_divisible((B, S), batch_sharding(mesh, cfg).spec, mesh, "the token batch (data.global_batch_size, seq_len)", hint)
-    z_spec = parallel.activation_spec(cfg.parallel, "batch", "seq", None)
-    check_divisible((B, S, D), z_spec, mesh, "the equilibrium state z (batch, model.seq_len, d_model)",
-                    "; change model.seq_len, data.global_batch_size or the parallel.* sizes")
+    z_sharding = NamedSharding(mesh, parallel.activation_spec(cfg.parallel, "batch", "seq", None))
+    checks = [((B, S), batch_sharding(mesh, cfg), "the token batch (data.global_batch_size, seq_len)",
+               "; change data.global_batch_size or the parallel.* sizes"),
+              ((B, S, D), z_sharding, "the equilibrium state z (batch, model.seq_len, d_model)",
+               "; change model.seq_len, data.global_batch_size or the parallel.* sizes")]
     flat_p = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
     flat_s = jax.tree.leaves(param_sh, is_leaf=lambda x: isinstance(x, NamedSharding))
     for (path, leaf), sh in zip(flat_p, flat_s):
         name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-        check_divisible(tuple(leaf.shape), sh.spec, mesh, f"parameter {name} {tuple(leaf.shape)}",
-                        "; change the model size (model.n_heads, d_mlp, vocab_size) or parallel.tensor/fsdp")
+        checks.append((tuple(leaf.shape), sh, f"parameter {name} {tuple(leaf.shape)}",
+                       "; change the model size (model.n_heads, d_mlp, vocab_size) or parallel.tensor/fsdp"))
+    try:
+        for shape, sharding, what, hint in checks:
+            parallel.check_divisible(shape, sharding, what, hint)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def decode_shardings(mesh: Mesh, cfg: Config, batch: int) -> dict[str, NamedSharding]:

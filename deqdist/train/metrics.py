@@ -22,10 +22,19 @@ from typing import Any, Mapping
 from deqdist.atomic import write_atomic
 
 
+def loss_scores(loss: float, kind: str) -> dict[str, float]:
+    """Bits per byte of a byte corpus's mean loss (nats), else the perplexity (capped so exp cannot overflow)."""
+    if kind == "bytes":
+        return {"bpb": loss / math.log(2)}
+    return {"ppl": math.exp(min(loss, 700.0))}
+
+
 class MetricsSink:
-    def __init__(self, run_dir: Path, *, enabled: bool, tensorboard: bool, resume_step: int | None):
+    """metrics.jsonl at `jsonl_path` and, with `tensorboard_dir`, TensorBoard event files there."""
+
+    def __init__(self, jsonl_path: Path, tensorboard_dir: Path | None, *, enabled: bool, resume_step: int | None):
         self.enabled = enabled
-        self.jsonl_path = Path(run_dir) / "metrics.jsonl"
+        self.jsonl_path = Path(jsonl_path)
         self._tb = None
         self._fh = None
         if not enabled:
@@ -33,11 +42,11 @@ class MetricsSink:
         if resume_step is not None and self.jsonl_path.exists():
             _truncate_after(self.jsonl_path, resume_step)
         self._fh = open(self.jsonl_path, "a", buffering=1)
-        if tensorboard:
+        if tensorboard_dir is not None:
             from tensorboardX import SummaryWriter
 
             kw = {"purge_step": resume_step + 1} if resume_step is not None else {}
-            self._tb = SummaryWriter(str(Path(run_dir) / "tb"), flush_secs=10, **kw)
+            self._tb = SummaryWriter(str(tensorboard_dir), flush_secs=10, **kw)
 
     def write(self, kind: str, step: int, metrics: Mapping[str, Any]) -> None:
         if not self.enabled:
@@ -49,12 +58,6 @@ class MetricsSink:
             for k, v in clean.items():
                 if isinstance(v, (int, float)) and math.isfinite(v):
                     self._tb.add_scalar(f"{kind}/{k}", v, int(step))
-
-    def flush(self) -> None:
-        if self._fh:
-            self._fh.flush()
-        if self._tb:
-            self._tb.flush()
 
     def close(self) -> None:
         if self._tb is not None:
@@ -96,21 +99,6 @@ def _truncate_after(path: Path, step: int) -> None:
     write_atomic(path, "".join(l + "\n" for l in keep))
 
 
-def read_metrics(path: str | Path, kind: str | None = None) -> list[dict]:
-    out = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if kind is None or rec.get("kind") == kind:
-            out.append(rec)
-    return out
-
-
-# ---------------------------------------------------------------------------
-# Progress display
-# ---------------------------------------------------------------------------
 def _fmt(v: float | None) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "nan"

@@ -61,10 +61,6 @@ def default_run_dir(config_path: str | None) -> Path:
     return path
 
 
-def is_run_dir(path: Path) -> bool:
-    return (path / CONFIG).is_file()
-
-
 def saved_config(run_dir: Path) -> Config | None:
     p = run_dir / CONFIG
     if not p.is_file():

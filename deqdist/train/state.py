@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 
 from deqdist.config import Config, TrainConfig
 from deqdist.model import DEQTransformer
-from deqdist.train import mesh as meshlib
+from deqdist.train import mesh as train_mesh
 
 
 def lr_schedule(t: TrainConfig) -> optax.Schedule:
@@ -98,9 +98,9 @@ def state_spec(cfg: Config, mesh: Mesh) -> StateSpec:
     if jax.tree.leaves(rest):
         raise NotImplementedError("the model has non-parameter state; the trainer only carries nnx.Param")
     abstract = jax.eval_shape(_init_fn(cfg, tx))
-    p_sh = nnx.to_pure_dict(meshlib.param_shardings(param_state, mesh, cfg))
-    meshlib.check_layout(cfg, mesh, abstract["params"], p_sh)
-    rep = meshlib.replicated(mesh)
+    p_sh = nnx.to_pure_dict(train_mesh.param_shardings(param_state, mesh, cfg))
+    train_mesh.check_layout(cfg, mesh, abstract["params"], p_sh)
+    rep = train_mesh.replicated(mesh)
     o_sh = optax.tree_map_params(tx, lambda _, s: s, abstract["opt_state"], p_sh, transform_non_params=lambda _: rep)
     shardings = {"step": rep, "rng": rep, "params": p_sh, "opt_state": o_sh}
     return StateSpec(graphdef, abstract, shardings, tx, schedule, mesh)

@@ -1,11 +1,15 @@
-"""Jitted, sharded, donated train and eval steps.
+"""Jitted, sharded, donated train and eval steps: the one place a train step is built.
+
+The trainer, `deqdist compile`, the benchmarks and the parallel test harness all
+take their steps from `Steps` (the harness compares meshes on its gradient half,
+`Steps.gradients`), so what they measure is what trains.
 
 Variants are compiled on first use and cached by (mode, jac_reg):
-  ("explicit", _)  the explicit twin (model.n_unroll applications of f, ordinary
+  ("explicit", _)  the explicit twin (train.n_unroll applications of f, ordinary
                    backprop) for the first train.warmup_explicit_steps steps;
   ("deq", False)   the equilibrium model (forward solve, implicit backward);
   ("deq", True)    the same plus the Hutchinson Jacobian term, every
-                   model.jac_reg_every steps.
+                   train.jac_reg_every steps.
 All variants take and return the same state layout, so switching costs one compile.
 
 The backward solve's stats arrive as the gradient of a zero "sink"
@@ -19,7 +23,6 @@ inside the compiled step (no host round-trip); the step counter still advances
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import jax
@@ -28,9 +31,9 @@ import optax
 
 from deqdist.config import Config
 from deqdist.deq import backward_sink
-from deqdist.model import lm_loss
+from deqdist.model import SolveHooks, lm_loss
 from deqdist.regularize import jacobian_penalty
-from deqdist.train import mesh as meshlib
+from deqdist.train.mesh import batch_sharding, build_mesh, hooks as solver_hooks
 from deqdist.train.state import StateSpec, merge, state_spec
 
 
@@ -66,35 +69,53 @@ class Steps:
         self.solve, self.unroll = solve, unroll
         self._train: dict[tuple[str, bool], Callable] = {}
         self._eval: dict[str, Callable] = {}
+        self._grads: dict[str, Callable] = {}
         self._spectral: Callable | None = None
 
     @classmethod
     def for_config(cls, cfg: Config, devices=None) -> "Steps":
         """Mesh, abstract state layout and steps for `cfg` over `devices` (real, or a TPU topology's
         abstract devices for ahead-of-time compilation); nothing is allocated."""
-        mesh = meshlib.build_mesh(cfg, devices)
+        mesh = build_mesh(cfg, devices)
         spec = state_spec(cfg, mesh)
-        return cls(cfg, spec, meshlib.batch_sharding(mesh, cfg), *meshlib.hooks(mesh, cfg))
+        return cls(cfg, spec, batch_sharding(mesh, cfg), *solver_hooks(mesh, cfg))
 
-    # ------------------------------------------------------------- phases
     def mode_at(self, step: int) -> str:
         """Mode of the update that takes the state from `step` to step + 1."""
         return "explicit" if step < self.cfg.train.warmup_explicit_steps else "deq"
 
     def jac_at(self, step: int) -> bool:
-        m = self.cfg.model
-        return m.jac_reg_every > 0 and m.jac_reg_weight > 0 and step % m.jac_reg_every == 0
+        t = self.cfg.train
+        return t.jac_reg_every > 0 and t.jac_reg_weight > 0 and step % t.jac_reg_every == 0
 
-    # ------------------------------------------------------------ forward
     def _forward(self, params, tokens, *, mode: str, key, deterministic: bool, jac: bool, sink=None):
+        """(logits, aux) with the features z in aux["z"] (unused outputs cost nothing once compiled)."""
         cfg = self.cfg
         model = merge(self.spec, params)
-        return model(
-            tokens, mode=mode, deq_cfg=cfg.solver, n_unroll=cfg.model.n_unroll, solve=self.solve,
-            unroll=self.unroll, bwd_sink=sink, deterministic=deterministic, key=key, jac_reg=jac,
-        )
+        hooks = SolveHooks(mode=mode, deq_cfg=cfg.solver, n_unroll=cfg.train.n_unroll, solve=self.solve,
+                           unroll=self.unroll, bwd_sink=sink, jac_samples=int(jac))
+        z, aux = model.features(tokens, hooks, deterministic=deterministic, key=key)
+        return model.head(z), {**aux, "z": z}
 
-    # -------------------------------------------------------------- train
+    def _loss_and_grads(self, params, batch, *, mode: str, jac: bool, key, deterministic: bool):
+        """(loss, gradients, the model's aux, the backward solve's stats or None): the gradient half of
+        every train step; the loss differentiated includes the Jacobian penalty on `jac` steps."""
+        jac_weight, jac_target = self.cfg.train.jac_reg_weight, self.cfg.train.jac_reg_target
+
+        def loss_fn(params, sink):
+            logits, aux = self._forward(params, batch["inputs"], mode=mode, key=key, deterministic=deterministic,
+                                        jac=jac, sink=sink)
+            loss = lm_loss(logits, batch["targets"])
+            total = loss + jacobian_penalty(aux["jac_loss"], jac_weight, jac_target) if jac else loss
+            return total, (loss, aux)
+
+        if mode == "deq":
+            sink = backward_sink(batch["inputs"].shape[0])
+            (grads, backward), (loss, aux) = jax.grad(loss_fn, argnums=(0, 1), has_aux=True)(params, sink)
+            return loss, grads, aux, backward
+        grads, (loss, aux) = jax.grad(loss_fn, has_aux=True)(params, None)
+        return loss, grads, aux, None
+
     def train_step(self, step: int) -> Callable:
         """The compiled (state, batch) -> (state, metrics) for the update at `step`."""
         return self.variant(self.mode_at(step), self.jac_at(step))
@@ -105,6 +126,19 @@ class Steps:
             self._train[(mode, jac)] = self._build_train(mode, jac)
         return self._train[(mode, jac)]
 
+    def gradients(self, mode: str = "deq") -> Callable:
+        """Compiled (params, batch) -> (loss, gradients, aux): the train step's gradient half with no
+        update and no dropout; aux is the model's (z, solver stats) plus "bwd_stats" in deq mode."""
+        if mode not in self._grads:
+            def fn(params, batch):
+                loss, grads, aux, backward = self._loss_and_grads(params, batch, mode=mode, jac=False, key=None,
+                                                                  deterministic=True)
+                return loss, grads, aux if backward is None else {**aux, "bwd_stats": backward}
+
+            batch_sh = {"inputs": self.batch_sharding, "targets": self.batch_sharding}
+            self._grads[mode] = jax.jit(fn, in_shardings=(self.spec.shardings["params"], batch_sh))
+        return self._grads[mode]
+
     def abstract_batch(self) -> dict[str, jax.ShapeDtypeStruct]:
         """The global token batch as sharded ShapeDtypeStructs (what the data pipeline delivers)."""
         shape = (self.cfg.data.global_batch_size, self.cfg.model.seq_len)
@@ -114,26 +148,13 @@ class Steps:
         cfg, spec = self.cfg, self.spec
         tx, schedule = spec.tx, spec.schedule
         fwd_max, bwd_max = cfg.solver.fwd.max_iter, cfg.solver.bwd.max_iter
-        jac_w, jac_target = cfg.model.jac_reg_weight, cfg.model.jac_reg_target
         max_div = cfg.train.max_diverged_frac
         deterministic = cfg.model.dropout == 0 and cfg.model.emb_dropout == 0
 
         def step_fn(state, batch):
             key = jax.random.fold_in(state["rng"], state["step"])
-            B = batch["inputs"].shape[0]
-            sink = backward_sink(B) if mode == "deq" else None
-
-            def loss_fn(params, sink):
-                logits, aux = self._forward(params, batch["inputs"], mode=mode, key=key,
-                                            deterministic=deterministic, jac=jac, sink=sink)
-                loss = lm_loss(logits, batch["targets"])
-                total = loss + jacobian_penalty(aux["jac_loss"], jac_w, jac_target) if jac else loss
-                return total, (loss, aux)
-
-            if mode == "deq":
-                (grads, sink_ct), (loss, aux) = jax.grad(loss_fn, argnums=(0, 1), has_aux=True)(state["params"], sink)
-            else:
-                grads, (loss, aux) = jax.grad(loss_fn, has_aux=True)(state["params"], None)
+            loss, grads, aux, backward = self._loss_and_grads(state["params"], batch, mode=mode, jac=jac, key=key,
+                                                              deterministic=deterministic)
             updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
             params = optax.apply_updates(state["params"], updates)
             grad_norm = optax.global_norm(grads)
@@ -148,10 +169,10 @@ class Steps:
             if mode == "deq":
                 st = aux["fwd_stats"]
                 metrics.update(_solver_metrics("fwd", st.nstep, st.rel_residual, fwd_max, st.converged))
-                metrics.update(_solver_metrics("bwd", sink_ct["nstep"], sink_ct["rel_residual"], bwd_max,
-                                               sink_ct["converged"] if cfg.solver.grad == "implicit" else None))
+                metrics.update(_solver_metrics("bwd", backward["nstep"], backward["rel_residual"], bwd_max,
+                                               backward["converged"] if cfg.solver.grad == "implicit" else None))
                 metrics.update(_replica_metrics("fwd", st.loop_iters))
-                metrics.update(_replica_metrics("bwd", sink_ct["loop_iters"]))
+                metrics.update(_replica_metrics("bwd", backward["loop_iters"]))
             else:
                 metrics["explicit_rel_res"] = jnp.mean(aux["rel_residual"])
             if jac:
@@ -164,7 +185,6 @@ class Steps:
         return jax.jit(step_fn, in_shardings=(spec.shardings, batch_sh), out_shardings=(spec.shardings, rep),
                        donate_argnums=0)
 
-    # --------------------------------------------------------------- eval
     def eval_step(self, mode: str) -> Callable:
         """Compiled (params, batch) -> sums over the batch: nll (nats), tokens, solver iterations."""
         if mode not in self._eval:
@@ -191,8 +211,6 @@ class Steps:
         batch_sh = {"inputs": self.batch_sharding, "targets": self.batch_sharding}
         return jax.jit(eval_fn, in_shardings=(spec.shardings["params"], batch_sh), out_shardings=rep)
 
-
-    # ----------------------------------------------------------- spectral
     def spectral_step(self) -> Callable:
         """Compiled (params, batch) -> mean and max over the batch of the spectral radius
         of J_f at the equilibrium z* (forward solve, then the power method; no gradient).
@@ -203,8 +221,7 @@ class Steps:
 
             def fn(params, batch):
                 model = merge(spec, params)
-                z, _ = model.features(batch["inputs"], mode="deq", deq_cfg=self.cfg.solver, solve=self.solve,
-                                      unroll=self.unroll, deterministic=True)
+                z, _ = model.features(batch["inputs"], SolveHooks(deq_cfg=self.cfg.solver, solve=self.solve))
                 rho = model.jacobian_spectral_radius(batch["inputs"], z, jax.random.key(0)).astype(jnp.float32)
                 return {"spectral_radius": jnp.mean(rho), "spectral_radius_max": jnp.max(rho)}
 
@@ -212,20 +229,3 @@ class Steps:
             batch_sh = {"inputs": self.batch_sharding, "targets": self.batch_sharding}
             self._spectral = jax.jit(fn, in_shardings=(spec.shardings["params"], batch_sh), out_shardings=rep)
         return self._spectral
-
-
-def summarize_eval(sums: dict[str, float], kind: str) -> dict[str, float]:
-    """Sums over batches -> loss (nats/token), bits per byte (byte corpora) or perplexity, solver means."""
-    n = max(sums.get("tokens", 0.0), 1.0)
-    loss = sums["nll"] / n
-    out = {"loss": loss, "tokens": sums.get("tokens", 0.0)}
-    if kind == "bytes":
-        out["bpb"] = loss / math.log(2)
-    else:
-        out["ppl"] = math.exp(min(loss, 700.0))
-    if "fwd_iters" in sums:
-        s = max(sums["samples"], 1.0)
-        out["fwd_iters"] = sums["fwd_iters"] / s
-        out["fwd_hit_max"] = sums["fwd_hit_max"] / s
-        out["fwd_rel_res"] = sums["fwd_rel_res"] / s
-    return out

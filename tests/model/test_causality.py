@@ -3,6 +3,7 @@ import jax
 import numpy as np
 
 from deqdist.deq import DEQConfig
+from deqdist.model import SolveHooks
 from deqdist.solvers import SolverConfig
 
 T = 13
@@ -20,7 +21,7 @@ def _tokens_pair(tokens, vocab):
 
 def test_causal_explicit(tiny_model, tiny_cfg, tokens):
     a, b = _tokens_pair(tokens, tiny_cfg.vocab_size)
-    run = lambda t: tiny_model(t, mode="explicit", n_unroll=6)[0]
+    run = lambda t: tiny_model(t, SolveHooks(mode="explicit", n_unroll=6))[0]
     _check(run(a), run(b))
 
 
@@ -30,5 +31,5 @@ def test_causal_deq(tiny_model, tiny_cfg, tokens, method="broyden"):
     cfg = DEQConfig(fwd=SolverConfig(method=method, max_iter=40, tol=1e-6),
                     bwd=SolverConfig(method=method, max_iter=40, tol=1e-6))
     a, b = _tokens_pair(tokens, tiny_cfg.vocab_size)
-    run = lambda t: tiny_model(t, mode="deq", deq_cfg=cfg)[0]
+    run = lambda t: tiny_model(t, SolveHooks(deq_cfg=cfg))[0]
     _check(run(a), run(b))

@@ -1,12 +1,14 @@
 import dataclasses
 
 import pytest
+import yaml
 from flax import nnx
 
-from deqdist.model import PRESETS, ModelConfig, get_preset, param_count
+from deqdist import presets
+from deqdist.model import ModelConfig, get_preset, param_count
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("name", presets.names())
 def test_presets_validate_and_count(name):
     cfg = get_preset(name)
     model = nnx.eval_shape(lambda: cfg.create(nnx.Rngs(0)))  # no allocation
@@ -27,7 +29,8 @@ def test_preset_sizes():
 
 
 def test_presets_are_plain_data():
-    for fields in PRESETS.values():
+    for name in presets.names():
+        fields = yaml.safe_load(presets.path(name).read_text())["model"]
         assert all(isinstance(v, (int, float, bool, str)) for v in fields.values())
         assert set(fields) <= {f.name for f in dataclasses.fields(ModelConfig)}
 
@@ -56,9 +59,3 @@ def test_get_preset_errors():
     with pytest.raises(ValueError, match="unknown model config field"):
         get_preset("tiny", d_modle=3)
     assert get_preset("tiny", d_model=128).d_model == 128
-
-
-def test_jac_reg_due():
-    cfg = get_preset("tiny", jac_reg_every=3, jac_reg_weight=1.0)
-    assert [cfg.jac_reg_due(s) for s in range(4)] == [True, False, False, True]
-    assert not get_preset("tiny").jac_reg_due(0)

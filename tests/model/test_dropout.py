@@ -4,7 +4,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from deqdist.model import Collectives, get_preset, local_unroll, per_sample_norm
+from deqdist.model import Collectives, SolveHooks, get_preset, local_unroll
+from deqdist.solvers import SampleReduce
+
+per_sample_norm = SampleReduce().norm
 
 
 def _model(rate=0.3):
@@ -48,7 +51,7 @@ def test_every_iteration_uses_the_same_masks(tokens):
             z_prev, z = z, f(params, z, x, comms=Collectives())
         return z, per_sample_norm(z - z_prev) / per_sample_norm(z)
 
-    _, aux = model(tokens, mode="explicit", n_unroll=25, unroll=recording_unroll,
+    _, aux = model(tokens, SolveHooks(mode="explicit", n_unroll=25, unroll=recording_unroll),
                    deterministic=False, key=jax.random.key(3))
     assert len(seen) == 25
     for m_attn, m_mlp in seen[1:]:
@@ -59,10 +62,10 @@ def test_every_iteration_uses_the_same_masks(tokens):
 
 def test_dropout_key_controls_masks(tokens):
     model = _model()
-    run = lambda k: model(tokens, mode="explicit", n_unroll=4, deterministic=False, key=k)[0]
+    run = lambda k: model(tokens, SolveHooks(mode="explicit", n_unroll=4), deterministic=False, key=k)[0]
     np.testing.assert_array_equal(run(jax.random.key(1)), run(jax.random.key(1)))
     assert not np.allclose(run(jax.random.key(1)), run(jax.random.key(2)))
-    det = model(tokens, mode="explicit", n_unroll=4)[0]
+    det = model(tokens, SolveHooks(mode="explicit", n_unroll=4))[0]
     assert not np.allclose(det, run(jax.random.key(1)))
 
 

@@ -6,8 +6,10 @@ import pytest
 from flax import nnx
 
 from deqdist.deq import DEQConfig
-from deqdist.model import Collectives, get_preset, per_sample_norm
-from deqdist.solvers import SolverConfig
+from deqdist.model import Collectives, SolveHooks, get_preset
+from deqdist.solvers import SampleReduce, SolverConfig
+
+per_sample_norm = SampleReduce().norm
 
 BROYDEN = DEQConfig(fwd=SolverConfig(method="broyden", max_iter=30, tol=1e-3))
 
@@ -24,7 +26,7 @@ def _rel_residual(model, tokens, z):
 def test_fresh_model_converges_with_broyden(preset, batch, seq):
     model = get_preset(preset, dropout=0.0).create(nnx.Rngs(0))
     tokens = jax.random.randint(jax.random.key(1), (batch, seq), 0, 256)
-    z, aux = nnx.jit(lambda m, t: m.features(t, deq_cfg=BROYDEN))(model, tokens)
+    z, aux = nnx.jit(lambda m, t: m.features(t, SolveHooks(deq_cfg=BROYDEN)))(model, tokens)
     st = aux["fwd_stats"]
     assert bool(st.converged.all()) and not bool(st.diverged.any())
     assert int(st.nstep.max()) <= 30
@@ -38,14 +40,14 @@ def test_fresh_model_converges_with_broyden(preset, batch, seq):
 
 def test_explicit_twin_converges_to_same_fixed_point(tiny_model, tokens):
     tight = DEQConfig(fwd=SolverConfig(method="broyden", max_iter=60, tol=1e-6))
-    z_deq, aux_deq = nnx.jit(lambda m, t: m.features(t, deq_cfg=tight))(tiny_model, tokens)
-    z_exp, aux_exp = nnx.jit(lambda m, t: m.features(t, mode="explicit", n_unroll=80))(tiny_model, tokens)
+    z_deq, aux_deq = nnx.jit(lambda m, t: m.features(t, SolveHooks(deq_cfg=tight)))(tiny_model, tokens)
+    z_exp, aux_exp = nnx.jit(lambda m, t: m.features(t, SolveHooks(mode="explicit", n_unroll=80)))(tiny_model, tokens)
     assert float(aux_deq["rel_residual"].max()) < 1e-5
     assert float(aux_exp["rel_residual"].max()) < 1e-5
     rel_diff = per_sample_norm(z_deq - z_exp) / per_sample_norm(z_exp)
     assert float(rel_diff.max()) < 1e-4
     # and a short unroll is not there yet
-    z_short, _ = tiny_model.features(tokens, mode="explicit", n_unroll=2)
+    z_short, _ = tiny_model.features(tokens, SolveHooks(mode="explicit", n_unroll=2))
     assert float((per_sample_norm(z_short - z_exp) / per_sample_norm(z_exp)).min()) > 1e-3
 
 
@@ -54,7 +56,7 @@ def test_fixed_point_map_is_the_models_problem(tiny_model, tokens):
 
     F, z0 = tiny_model.fixed_point_map(tokens)
     z, st = jax.jit(lambda: solve(F, z0, BROYDEN.fwd))()
-    z_model, _ = tiny_model.features(tokens, deq_cfg=BROYDEN)
+    z_model, _ = tiny_model.features(tokens, SolveHooks(deq_cfg=BROYDEN))
     np.testing.assert_allclose(z, z_model, atol=1e-5)
 
 
@@ -66,7 +68,7 @@ def test_bfloat16_compute_float32_state(tokens):
     # bf16 projections put a floor of ~1e-3 under the relative residual: use a looser tol
     cfg = DEQConfig(fwd=SolverConfig(method="broyden", max_iter=30, tol=5e-3))
 
-    logits, aux = nnx.jit(lambda m, t: m(t, deq_cfg=cfg))(model, tokens[:1])
+    logits, aux = nnx.jit(lambda m, t: m(t, SolveHooks(deq_cfg=cfg)))(model, tokens[:1])
     assert logits.dtype == jnp.float32
     assert bool(aux["fwd_stats"].converged.all())
     assert bool(jnp.isfinite(logits).all())

@@ -5,7 +5,7 @@ import pytest
 from flax import nnx
 
 from deqdist.deq import DEQConfig, backward_sink
-from deqdist.model import get_preset, lm_loss
+from deqdist.model import SolveHooks, get_preset, lm_loss
 from deqdist.solvers import SolverConfig
 
 TIGHT = DEQConfig(
@@ -15,9 +15,9 @@ TIGHT = DEQConfig(
 )
 
 
-def _grads(model, tokens, **kw):
+def _grads(model, tokens, hooks, **kw):
     def loss(m):
-        logits, _ = m(tokens[:, :-1], **kw)
+        logits, _ = m(tokens[:, :-1], hooks, **kw)
         return lm_loss(logits, tokens[:, 1:])
 
     return nnx.jit(nnx.grad(loss))(model)
@@ -30,8 +30,8 @@ def _flat(state):
 def test_implicit_grads_match_explicit_twin():
     model = get_preset("tiny", tie_embeddings=False).create(nnx.Rngs(0))
     tokens = jax.random.randint(jax.random.key(1), (2, 33), 0, 256)
-    g_deq = _flat(_grads(model, tokens, deq_cfg=TIGHT))
-    g_exp = _flat(_grads(model, tokens, mode="explicit", n_unroll=60))
+    g_deq = _flat(_grads(model, tokens, SolveHooks(deq_cfg=TIGHT)))
+    g_exp = _flat(_grads(model, tokens, SolveHooks(mode="explicit", n_unroll=60)))
     assert g_deq.keys() == g_exp.keys()
     for name in g_deq:
         a, b = np.asarray(g_deq[name]), np.asarray(g_exp[name])
@@ -44,7 +44,7 @@ def test_every_parameter_gets_a_gradient():
     model = get_preset("tiny", tie_embeddings=False, weight_norm=True, dropout=0.1).create(nnx.Rngs(0))
     tokens = jax.random.randint(jax.random.key(1), (2, 33), 0, 256)
     cfg = DEQConfig(fwd=SolverConfig(max_iter=30, tol=1e-3), bwd=SolverConfig(max_iter=30, tol=1e-3))
-    grads = _grads(model, tokens, deq_cfg=cfg, deterministic=False, key=jax.random.key(2))
+    grads = _grads(model, tokens, SolveHooks(deq_cfg=cfg), deterministic=False, key=jax.random.key(2))
     for name, g in _flat(grads).items():
         assert np.all(np.isfinite(g)), name
         assert float(np.abs(g).max()) > 0, name
@@ -53,7 +53,7 @@ def test_every_parameter_gets_a_gradient():
 @pytest.mark.parametrize("mode", ["phantom", "onestep"])
 def test_other_grad_modes_run(mode, tiny_model, tokens):
     cfg = DEQConfig(grad=mode)
-    for name, g in _flat(_grads(tiny_model, tokens, deq_cfg=cfg)).items():
+    for name, g in _flat(_grads(tiny_model, tokens, SolveHooks(deq_cfg=cfg))).items():
         assert np.all(np.isfinite(g)), name
 
 
@@ -64,7 +64,7 @@ def test_backward_stats_through_sink(tiny_model, tokens):
 
     def loss(state, sink):
         m = nnx.merge(graphdef, state)
-        logits, aux = m(tokens[:, :-1], deq_cfg=cfg, bwd_sink=sink)
+        logits, aux = m(tokens[:, :-1], SolveHooks(deq_cfg=cfg, bwd_sink=sink))
         return lm_loss(logits, tokens[:, 1:]), aux
 
     (l, aux), (g_state, bwd) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(

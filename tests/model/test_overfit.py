@@ -6,7 +6,7 @@ import optax
 from flax import nnx
 
 from deqdist.deq import DEQConfig
-from deqdist.model import get_preset, lm_loss
+from deqdist.model import SolveHooks, get_preset, lm_loss
 from deqdist.solvers import SolverConfig
 
 
@@ -20,7 +20,7 @@ def test_tiny_deq_overfits_one_batch():
     @nnx.jit
     def step(model, opt, tokens):
         def loss_fn(m):
-            logits, aux = m(tokens[:, :-1], deq_cfg=cfg)
+            logits, aux = m(tokens[:, :-1], SolveHooks(deq_cfg=cfg))
             return lm_loss(logits, tokens[:, 1:]), aux
 
         (loss, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)

@@ -7,6 +7,7 @@ from jax.sharding import PartitionSpec as P
 
 from deqdist.model import (
     LOGICAL_AXES,
+    SolveHooks,
     block_params_and_specs,
     get_preset,
     lm_loss,
@@ -60,7 +61,7 @@ def test_block_params_and_specs_match():
 def test_modes_share_parameter_tree(tiny_model, tokens):
     before = jax.tree.map(np.asarray, nnx.state(tiny_model))
     graph_before = nnx.graphdef(tiny_model)
-    tiny_model(tokens, mode="explicit", n_unroll=2)
+    tiny_model(tokens, SolveHooks(mode="explicit", n_unroll=2))
     assert nnx.graphdef(tiny_model) == graph_before
     after = nnx.state(tiny_model)
     assert jax.tree.structure(before) == jax.tree.structure(after)

@@ -4,14 +4,14 @@ import numpy as np
 from flax import nnx
 
 import deqdist.model.block as block_mod
-from deqdist.model import WEIGHT_NORM_AXES, get_preset, local_unroll
+from deqdist.model import WEIGHT_NORM_AXES, SolveHooks, get_preset, local_unroll
 
 
 def test_identity_at_init(tokens):
     """g = ||V|| at init, so the weight-normalised model equals the plain one (same seed)."""
     plain = get_preset("tiny").create(nnx.Rngs(0))
     wn = get_preset("tiny", weight_norm=True).create(nnx.Rngs(0))
-    run = nnx.jit(lambda m, t: m(t, mode="explicit", n_unroll=3)[0])
+    run = nnx.jit(lambda m, t: m(t, SolveHooks(mode="explicit", n_unroll=3))[0])
     a = run(plain, tokens)
     b = run(wn, tokens)
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
@@ -33,7 +33,7 @@ def test_hook_receives_normalised_params_and_normalises_once(tokens, monkeypatch
         received["params"] = params
         return local_unroll(f, params, x, z0, n)
 
-    model(tokens, mode="explicit", n_unroll=8, unroll=spy_unroll)
+    model(tokens, SolveHooks(mode="explicit", n_unroll=8, unroll=spy_unroll))
     assert len(calls) == 1  # once per forward pass, not per application of f
     p = received["params"]
     for name, (axes, _) in WEIGHT_NORM_AXES.items():
@@ -48,7 +48,7 @@ def test_weight_norm_gradients_reach_gains(tokens):
     model = get_preset("tiny", weight_norm=True).create(nnx.Rngs(0))
 
     def loss(m):
-        logits, _ = m(tokens, mode="explicit", n_unroll=3)
+        logits, _ = m(tokens, SolveHooks(mode="explicit", n_unroll=3))
         return jnp.mean(logits ** 2)
 
     grads = nnx.jit(nnx.grad(loss))(model)

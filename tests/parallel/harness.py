@@ -1,17 +1,19 @@
-"""A tiny DEQ-Transformer train-step harness shared by the parallel tests and the multi-host worker."""
+"""A tiny DEQ-Transformer and the trainer's own gradient step (deqdist.train.step.Steps.gradients)
+on one device or a mesh, shared by the parallel tests and the multi-host worker."""
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from deqdist import presets
+from deqdist.config import Config, load_config
 from deqdist.deq import DEQConfig
-from deqdist.model import get_preset, lm_loss, local_solve
-from deqdist.parallel import ParallelConfig, batch_sharding, make_mesh, make_solve, param_shardings
 from deqdist.solvers import SolverConfig
+from deqdist.train.step import Steps
 
 # 8 heads and d_mlp 256 so that every 8-device mesh, (1, 1, 8) included, divides them.
-MODEL = dict(n_heads=8)
+MODEL = ["model.n_heads=8", "model.dropout=0", "model.emb_dropout=0"]
 
 
 def deq_cfg(method: str, iters: int = 12) -> DEQConfig:
@@ -21,47 +23,47 @@ def deq_cfg(method: str, iters: int = 12) -> DEQConfig:
     return DEQConfig(fwd=s, bwd=s)
 
 
+def config(cfg: DEQConfig, sizes=(1, 1, 1), *, lockstep: str = "sample", batch: int = 8, seq: int = 64,
+           dcn: int = 1) -> Config:
+    """The tiny preset with `cfg`'s solvers on a (data, fsdp, tensor) mesh of `sizes`."""
+    solver = [f"solver.{d}.{k}={getattr(getattr(cfg, d), k)}" for d in ("fwd", "bwd") for k in ("method", "max_iter", "tol")]
+    data, fsdp, tensor = sizes
+    return load_config(presets.path("tiny"), MODEL + solver + [
+        f"solver.grad={cfg.grad}", f"model.seq_len={seq}", f"data.global_batch_size={batch}",
+        f"parallel.data={data}", f"parallel.fsdp={fsdp}", f"parallel.tensor={tensor}",
+        f"parallel.dcn_data={dcn}", f"parallel.lockstep={lockstep}"])
+
+
 def model_and_tokens(batch: int = 8, seq: int = 64, seed: int = 0):
-    model = get_preset("tiny", **MODEL).create(nnx.Rngs(seed))
+    model = load_config(presets.path("tiny"), MODEL).model.create(nnx.Rngs(seed))
     tokens = jax.random.randint(jax.random.key(seed + 1), (batch, seq), 0, 256)
     return model, tokens
 
 
-def loss_fn(model, tokens, cfg: DEQConfig, solve):
-    z, aux = model.features(tokens, deq_cfg=cfg, solve=solve)
-    aux["z"] = z
-    return lm_loss(model.head(z)[:, :-1], tokens[:, 1:]), aux
+def params_and_batch(model, tokens):
+    """The train state's parameter dict and a train batch (next-token targets, the last wrapping round)."""
+    return nnx.to_pure_dict(nnx.state(model, nnx.Param)), {"inputs": tokens, "targets": jnp.roll(tokens, -1, 1)}
 
 
 def reference_step(model, tokens, cfg: DEQConfig):
-    """Single-device loss, grads and z* (no mesh, local solve)."""
-    (loss, aux), grads = jax.jit(lambda m, t: nnx.value_and_grad(loss_fn, has_aux=True)(m, t, cfg, local_solve))(
-        model, tokens)
-    return loss, grads, aux
+    """Single-device loss, grads and aux (z* in aux["z"]), on the host (comparable with any mesh's)."""
+    return jax.device_get(sharded_step(model, tokens, cfg, None)[0])
 
 
-def sharded_step(model, tokens, cfg: DEQConfig, sizes: tuple[int, int, int], run: bool = True,
+def sharded_step(model, tokens, cfg: DEQConfig, sizes: tuple[int, int, int] | None, run: bool = True,
                  lockstep: str = "sample"):
-    """The same step on a (data, fsdp, tensor) mesh: sharded params, batch and solve.
+    """The same step on a (data, fsdp, tensor) mesh (None: one device): sharded params, batch and solve.
 
     Returns (outputs or None, the lowered step, the mesh).
     """
-    pc = ParallelConfig(*sizes, lockstep=lockstep)
-    mesh = make_mesh(pc)
-    graphdef, state = nnx.split(model)
-    shardings = param_shardings(state, mesh, pc)
-    solve = make_solve(mesh, pc)
-
-    def step(state, tokens):
-        m = nnx.merge(graphdef, state)
-        (loss, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(m, tokens, cfg, solve)
-        return loss, grads, aux
-
-    with jax.set_mesh(mesh):
-        state = jax.device_put(state, shardings)
-        tokens = jax.device_put(tokens, batch_sharding(mesh, pc))
-        jitted = jax.jit(step, in_shardings=(shardings, batch_sharding(mesh, pc)))
-        return jitted(state, tokens) if run else None, jitted.lower(state, tokens), mesh
+    batch, seq = tokens.shape
+    steps = Steps.for_config(config(cfg, sizes or (1, 1, 1), lockstep=lockstep, batch=batch, seq=seq),
+                             jax.devices()[:1] if sizes is None else None)
+    params, batch = params_and_batch(model, tokens)
+    params = jax.device_put(params, steps.spec.shardings["params"])
+    batch = jax.device_put(batch, steps.batch_sharding)
+    fn = steps.gradients()
+    return (fn(params, batch) if run else None), fn.lower(params, batch), steps.spec.mesh
 
 
 def max_rel_err(a, b) -> float:

@@ -2,7 +2,7 @@
 
 Each process owns 8 / NPROC simulated CPU devices; together they form one (2, 1, 4)
 mesh (DCN > 1: the data axis split across processes as the outer, slow-link factor) and
-run the same sharded DEQ train step. Process 0 writes loss and gradient
+run the trainer's gradient step (deqdist.train.step) on it. Process 0 writes loss and gradient
 norms to OUT_JSON. With NPROC = 1 it is the single-process reference.
 """
 import json
@@ -21,42 +21,32 @@ def main(pid: int, nproc: int, port: int, out: str, dcn: int = 1) -> None:
                                    process_id=pid, initialization_timeout=120)
     import jax.numpy as jnp
     import numpy as np
-    from flax import nnx
 
-    from deqdist.parallel import ParallelConfig, batch_sharding, make_mesh, make_solve, param_shardings
-    from harness import deq_cfg, loss_fn, model_and_tokens
+    from deqdist.train.step import Steps
+    from harness import config, deq_cfg, model_and_tokens, params_and_batch
 
     assert jax.device_count() == 8 and jax.process_count() == nproc
     model, tokens = model_and_tokens()
-    pc = ParallelConfig(2, 1, 4, dcn_data=dcn)
-    mesh = make_mesh(pc)
-    graphdef, state = nnx.split(model)
-    shardings = param_shardings(state, mesh, pc)
-    cfg = deq_cfg("broyden")
-    solve = make_solve(mesh, pc)
+    steps = Steps.for_config(config(deq_cfg("broyden"), (2, 1, 4), dcn=dcn))
+    mesh = steps.spec.mesh
 
     def put(a, sh):  # every process holds the same full value; each keeps its own shards
         a = np.asarray(a)
         return jax.make_array_from_callback(a.shape, sh, lambda idx: a[idx])
 
-    def step(state, tokens):
-        m = nnx.merge(graphdef, state)
-        (loss, _), grads = nnx.value_and_grad(loss_fn, has_aux=True)(m, tokens, cfg, solve)
-        norms = jax.tree.map(lambda g: jnp.sqrt(jnp.sum(g * g)), grads)
-        return loss, optax_global_norm(grads), norms
-
-    def optax_global_norm(tree):
-        return jnp.sqrt(sum(jnp.sum(x * x) for x in jax.tree.leaves(tree)))
+    def norms(loss, grads, aux):
+        leaf_norms = jax.tree.map(lambda g: jnp.sqrt(jnp.sum(g * g)), grads)
+        return loss, jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads))), leaf_norms
 
     if dcn > 1:  # each process's devices form one inner (data/dcn, fsdp, tensor) block
         procs = np.vectorize(lambda d: d.process_index)(mesh.devices)
         assert all(len(set(procs[i].ravel())) == 1 for i in range(dcn)), procs
-    with jax.set_mesh(mesh):
-        state = jax.tree.map(put, state, shardings)
-        tokens = put(tokens, batch_sharding(mesh, pc))
-        loss, gnorm, norms = jax.jit(step)(state, tokens)
-        result = {"loss": float(loss), "grad_norm": float(gnorm),
-                  "leaf_norms": [float(x) for x in jax.tree.leaves(norms)]}
+    params, batch = params_and_batch(model, tokens)
+    params = jax.tree.map(put, params, steps.spec.shardings["params"])
+    batch = jax.tree.map(lambda a: put(a, steps.batch_sharding), batch)
+    loss, gnorm, leaf_norms = jax.jit(lambda p, b: norms(*steps.gradients()(p, b)))(params, batch)
+    result = {"loss": float(loss), "grad_norm": float(gnorm),
+              "leaf_norms": [float(x) for x in jax.tree.leaves(leaf_norms)]}
     if pid == 0:
         with open(out, "w") as f:
             json.dump(result, f)

@@ -16,7 +16,7 @@ import pytest
 from deqdist.deq import DEQConfig, backward_sink
 from deqdist.model import local_solve
 from deqdist.parallel import ParallelConfig, make_mesh, make_solve
-from deqdist.parallel.inspect import solver_loop_groups
+from deqdist.parallel.hlo import solver_loop_groups
 from deqdist.solvers import SolverConfig
 from deqdist.solvers.broyden import history_shape
 from harness import max_rel_err, model_and_tokens

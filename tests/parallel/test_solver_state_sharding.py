@@ -4,7 +4,7 @@ import math
 import jax.numpy as jnp
 import pytest
 
-from deqdist.parallel.inspect import has_buffer, solver_loops
+from deqdist.parallel.hlo import has_buffer, solver_loops
 from deqdist.solvers.broyden import history_shape
 from harness import deq_cfg, model_and_tokens, sharded_step
 

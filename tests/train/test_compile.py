@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
 
 TOPOLOGY = "v5p:2x2x2"  # 8 chips, one device (megacore) each
 # tensor=4 splits the heads; without the Jacobian term the DEQ step is the one trained (and compiles faster).
-TINY = ["model.n_heads=4", "model.jac_reg_every=0"]
+TINY = ["model.n_heads=4", "train.jac_reg_every=0"]
 
 
 def _compile(tmp_path, *args, name="report.json"):

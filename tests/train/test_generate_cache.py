@@ -1,8 +1,8 @@
 """Decoding with the KV cache vs the windowed re-solve: trained checkpoint, ragged batches,
-meshes, and the `deqdist generate` flags (bf16: tests/model/test_decode_cache.py).
+meshes, and the `deqdist generate` flags (bf16: tests/model/test_decode.py).
 
 Within seq_len positions both paths sample from the same fixed points to solver tolerance
-(tests/model/test_decode_cache.py bounds the logits), so with a tight tolerance greedy
+(tests/model/test_decode.py bounds the logits), so with a tight tolerance greedy
 decoding gives the same tokens.
 """
 from pathlib import Path

@@ -13,13 +13,29 @@ import numpy as np
 from flax import nnx
 
 from deqdist.deq import DEQConfig
-from deqdist.model import get_preset
-from deqdist.model.decode import teacher_forced_logits
+from deqdist.model import SolveHooks, get_preset
+from deqdist.model.decode import prefill, step
 from deqdist.model.layers import rope
 from deqdist.solvers import SolverConfig
 
 TIGHT = DEQConfig(fwd=SolverConfig(tol=1e-6, max_iter=100))
 ATOL = 2e-4
+
+
+def teacher_forced_logits(model, prompt, follow, deq_cfg, lengths=None):
+    """Logits the cached path gives for prompt (B, P) followed by the given tokens (B, N):
+    (B, N+1, V) (the first row from the prompt, then one per fed token) and the per-token
+    solver iterations (N, B)."""
+    if lengths is None:
+        lengths = jnp.full((prompt.shape[0],), prompt.shape[1], jnp.int32)
+    first, cache, _ = prefill(model, prompt, lengths, deq_cfg)
+
+    def body(cache, token):
+        logits, cache, stats = step(model, cache, token, deq_cfg)
+        return cache, (logits, stats.nstep)
+
+    _, (rest, iters) = jax.lax.scan(body, cache, follow.T)
+    return jnp.concatenate([first[:, None], jnp.moveaxis(rest, 0, 1)], axis=1), iters
 
 
 def _right_padded(rows, width):
@@ -41,7 +57,7 @@ def test_cached_logits_equal_whole_sequence_solve_with_ragged_prompts(tiny_model
     follow = rng.integers(0, 256, (len(lengths), n))
     seqs = [np.concatenate([p, f]) for p, f in zip(prompts, follow)]
     assert max(map(len, seqs)) <= tiny_cfg.seq_len
-    full, aux = tiny_model(_right_padded(seqs, max(map(len, seqs))), deq_cfg=TIGHT)
+    full, aux = tiny_model(_right_padded(seqs, max(map(len, seqs))), SolveHooks(deq_cfg=TIGHT))
     assert bool(aux["fwd_stats"].converged.all())
     cached, iters = jax.jit(lambda p, f, l: teacher_forced_logits(tiny_model, p, f, TIGHT, l))(
         _right_padded(prompts, max(lengths)), jnp.asarray(follow[:, :-1]), jnp.asarray(lengths))
@@ -80,7 +96,7 @@ def test_beyond_seq_len_is_the_sliding_window_equilibrium():
     cached, _ = jax.jit(lambda p, f: teacher_forced_logits(model, p, f, TIGHT))(tokens[:, :P], tokens[:, P:T - 1])
     np.testing.assert_allclose(np.asarray(cached), np.asarray(want), atol=ATOL, rtol=0)
     # ... and that is not what the plain causal model gives there (the test can tell them apart).
-    plain, _ = model(tokens, deq_cfg=TIGHT)
+    plain, _ = model(tokens, SolveHooks(deq_cfg=TIGHT))
     assert float(jnp.abs(plain[:, S:T - 1] - want[:, S - P + 1:]).max()) > 100 * ATOL
 
 
@@ -91,7 +107,7 @@ def test_bf16_compute_decodes():
     model = cfg.create(nnx.Rngs(0))
     dc = DEQConfig(fwd=SolverConfig(tol=2e-3, max_iter=60))
     tokens = jax.random.randint(jax.random.key(6), (2, 24), 0, 256)
-    full, aux = model(tokens, deq_cfg=dc)
+    full, aux = model(tokens, SolveHooks(deq_cfg=dc))
     cached, iters = jax.jit(lambda t: teacher_forced_logits(model, t[:, :6], t[:, 6:-1], dc))(tokens)
     assert cached.dtype == jnp.float32 and bool(jnp.isfinite(cached).all())
     scale = float(jnp.abs(full).max())
