@@ -8,7 +8,9 @@ Block (all per-token tensors are (B, S_local, D); S_local = S unsharded):
     f  = LN_out(u)
 
 * Pre-LN causal multi-head attention with rotary embeddings and a GELU MLP,
-  each with a residual connection.
+  each with a residual connection. `model.attention_block` > 0 computes the
+  attention in blocks with an online softmax (deqdist/model/attention.py)
+  instead of materialising the (S x S) scores.
 * **Injection added to the block input** (u = z + x) rather than to the Q/K/V
   and MLP input projections: it is one add on the local shard with no extra
   weights, it feeds both sub-layers (and the residual stream, so the output LN
@@ -52,6 +54,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from deqdist.model.attention import blockwise_causal_attention
 from deqdist.model.collectives import LOCAL, Collectives
 from deqdist.model.config import ModelConfig
 from deqdist.model.layers import LayerNorm, named_param, rope
@@ -74,6 +77,7 @@ class DEQBlock(nnx.Module):
         d, h, dh, m = cfg.d_model, cfg.n_heads, cfg.head_dim, cfg.d_mlp
         param_dtype = cfg.storage_dtype
         self.rope_base = float(cfg.rope_base)
+        self.attention_block = int(cfg.attention_block)
         g, go = cfg.init_gain, cfg.init_gain * cfg.out_init_scale
         w_init = nnx.initializers.normal(g / d**0.5)  # fan_in = d for W_q, W_k, W_v, W_1
         o_init = nnx.initializers.normal(go / d**0.5)  # fan_in = H * Dh = d for W_o
@@ -139,6 +143,8 @@ class DEQBlock(nnx.Module):
     def causal_attention(self, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
         """Causal attention over positions 0..S-1 of un-rotated q, k, v (B, S, H, Dh)."""
         q, k = rope(q, self.rope_base), rope(k, self.rope_base)
+        if self.attention_block:
+            return blockwise_causal_attention(q, k, v, self.attention_block)
         return jax.nn.dot_product_attention(q, k, v, is_causal=True)
 
     def keys_values(self, z: jax.Array, x: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:

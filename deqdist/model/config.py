@@ -44,6 +44,9 @@ class ModelConfig:
     inject_scale:    initial gain of the injection LayerNorm (strength of x
                      relative to z; larger = more contractive at init).
     rope_base:       rotary embedding base.
+    attention_block: 0 = dense causal attention (S x S scores); N > 0 = blockwise attention
+                     over blocks of N positions with an online softmax, memory linear in S
+                     (deqdist/model/attention.py); for long contexts.
     ln_eps:          LayerNorm epsilon.
     dtype:           compute dtype of the projections/attention and of the block's
                      weights inside the solve ("float32", "bfloat16", ...).
@@ -68,6 +71,7 @@ class ModelConfig:
     inject_scale: float = 1.0
     embed_init_std: float = 0.02
     rope_base: float = 10000.0
+    attention_block: int = 0
     ln_eps: float = 1e-5
     dtype: str = "float32"
     param_dtype: str = "float32"
@@ -116,6 +120,10 @@ class ModelConfig:
             v = getattr(self, name)
             if not v > 0:
                 raise ValueError(f"model.{name} must be > 0, got {v!r}")
+        if not isinstance(self.attention_block, int) or isinstance(self.attention_block, bool) \
+                or self.attention_block < 0:
+            raise ValueError(f"model.attention_block must be an integer >= 0 (0 = dense attention), "
+                             f"got {self.attention_block!r}")
         for name in ("dtype", "param_dtype", "state_dtype"):
             v = getattr(self, name)
             if v not in _DTYPES:
