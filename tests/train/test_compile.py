@@ -97,7 +97,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path):
         assert not (tmp_path / f"{i}.json").exists()
 
 
-def test_too_big_for_hbm_is_exit_3(tmp_path):
+def test_too_big_for_hbm_is_exit_5(tmp_path):
     p, out = _compile(tmp_path, "--variants", "deq", *MESH_8_1_1, *TINY, "model.d_model=1024",
                       "model.seq_len=8192", "data.global_batch_size=2048")
     assert p.returncode == 5, p.stderr[-3000:]
