@@ -125,18 +125,13 @@ create() {
 
 # On a worker: a Python 3.11+ venv in .venv (pyproject needs 3.11; the image's python3 is 3.10).
 # shellcheck disable=SC2016  # expands on the worker
-VENV_SCRIPT='ok() { "$1" -c "import sys; sys.exit(sys.version_info < (3, 11))" 2>/dev/null; }
-[ -x .venv/bin/python ] && ! ok .venv/bin/python && rm -rf .venv
-if [ ! -x .venv/bin/python ]; then
-  py=; for c in python3.13 python3.12 python3.11 python3; do command -v $c >/dev/null && ok $c && { py=$c; break; }; done
-  if [ -n "$py" ]; then $py -m venv .venv
-  else
-    uv=$(command -v uv || echo ~/.local/bin/uv)
-    [ -x "$uv" ] || python3 -m pip install -q --user uv
-    "$uv" venv -q --seed --python 3.11 .venv
-  fi
-fi
-.venv/bin/python -m pip install -q -e ".[tpu]"'
+VENV_SCRIPT='ok() { "$1" -c "import sys; sys.exit(sys.version_info < (3, 11))" 2>/dev/null; }; '\
+'if [ -x .venv/bin/python ] && ! ok .venv/bin/python; then rm -rf .venv; fi; '\
+'py=; for c in python3.13 python3.12 python3.11 python3; do if command -v $c >/dev/null && ok $c; then py=$c; break; fi; done; '\
+'uv=$(command -v uv || echo ~/.local/bin/uv); '\
+'if [ -x .venv/bin/python ]; then :; elif [ -n "$py" ]; then $py -m venv .venv; '\
+'else { [ -x "$uv" ] || python3 -m pip install -q --user uv; } && "$uv" venv -q --seed --python 3.11 .venv; fi && '\
+'.venv/bin/python -m pip install -q -e ".[tpu]"'
 
 setup() {
   local root
@@ -160,21 +155,21 @@ setup() {
 
 # On a worker: SIGTERM a trainer left running (by a dropped 'run'), give it time to checkpoint.
 stop_stale_script() {
-  echo "cd $RD 2>/dev/null && [ -f $STATE/pid ] || exit 0; pid=\$(cat $STATE/pid)
-kill -0 \$pid 2>/dev/null || exit 0
-echo \"$PROG: \$(hostname): stopping the trainer still running (pid \$pid) with SIGTERM; it saves a checkpoint\" >&2
-kill -TERM \$pid; i=0
-while kill -0 \$pid 2>/dev/null; do
-  [ \$i -ge $STOP_TIMEOUT ] && { echo \"$PROG: \$(hostname): no exit after $STOP_TIMEOUT s, killing it\" >&2; kill -9 \$pid; }
-  i=\$((i+1)); sleep 1
-done"
+  local s="cd $RD 2>/dev/null && [ -f $STATE/pid ] || exit 0; pid=\$(cat $STATE/pid); kill -0 \$pid 2>/dev/null || exit 0; "
+  s+="echo \"$PROG: \$(hostname): stopping the trainer still running (pid \$pid) with SIGTERM; it saves a checkpoint\" >&2; "
+  s+="kill -TERM \$pid; i=0; while kill -0 \$pid 2>/dev/null; do if [ \$i -ge $STOP_TIMEOUT ]; then "
+  s+="echo \"$PROG: \$(hostname): no exit after $STOP_TIMEOUT s, killing it\" >&2; kill -9 \$pid; fi; i=\$((i+1)); sleep 1; done"
+  echo "$s"
 }
 
 start_script() {  # on a worker: the detached trainer; its pid and, when it ends, its exit code in STATE
   local rd=$1 inner
   inner="export JAX_PLATFORMS=$PLATFORM PYTHONUNBUFFERED=1; $PY -m deqdist.cli train --distributed $(quote "${TRAIN[@]}") & echo \$! > $STATE/pid; wait \$!; echo \$? > $STATE/rc.tmp; mv $STATE/rc.tmp $STATE/rc"
-  echo "cd $RD && mkdir -p $STATE && rm -f $STATE/pid $STATE/rc && nohup setsid bash -c $(quote "$inner") > $rd/logs/\$(hostname).log 2>&1 < /dev/null &
-for i in \$(seq 100); do [ -s $STATE/pid ] && exit 0; sleep 0.1; done; echo \"$PROG: \$(hostname): the trainer did not start\" >&2; exit 3"
+  local s="cd $RD && mkdir -p $STATE && rm -f $STATE/pid $STATE/rc || exit 3; "
+  s+="{ nohup setsid bash -c $(quote "$inner") > $rd/logs/\$(hostname).log 2>&1 < /dev/null & } ; "
+  s+="for i in \$(seq 100); do [ -s $STATE/pid ] && exit 0; sleep 0.1; done; "
+  s+="echo \"$PROG: \$(hostname): the trainer did not start\" >&2; exit 3"
+  echo "$s"
 }
 
 STATUS_SCRIPT="cd $RD; if [ -f $STATE/rc ]; then echo \"deqdist-train: exit \$(cat $STATE/rc) \$(hostname)\"; elif [ -f $STATE/pid ] && kill -0 \$(cat $STATE/pid) 2>/dev/null; then echo \"deqdist-train: running \$(hostname)\"; else echo \"deqdist-train: gone \$(hostname)\"; fi"
@@ -195,10 +190,13 @@ poll() {  # until no worker runs; returns 0, 2 (bad input) or 3
     if ! grep -q '^running' <<<"$states"; then break; fi
     sleep "$POLL" & wait $! || true
   done
-  bad=$(grep -v '^exit 0 ' <<<"$states" | head -1) || true
+  bad=$(grep -v '^exit 0 ' <<<"$states" | sort -k3 | awk '{printf "%s%s %s %s", sep, $3, $1, $2; sep=", "}') || true
   [[ -z $bad ]] && { echo "$PROG: every worker finished (exit 0)"; return 0; }
-  [[ $bad == "exit 2 "* ]] && { echo "$PROG: error: a worker refused the input (${bad#exit 2 }); see $RUN_DIR/logs/" >&2; return 2; }
-  echo "$PROG: error: worker ${bad##* } failed (${bad% *}); see $RUN_DIR/logs/; the run resumes from its newest checkpoint with the same '$PROG run' command" >&2
+  if ! grep -v '^exit 0 ' <<<"$states" | grep -vq '^exit 2 '; then
+    echo "$PROG: error: the workers refused the input ($bad); see $RUN_DIR/logs/" >&2
+    return 2
+  fi
+  echo "$PROG: error: workers failed ($bad); see $RUN_DIR/logs/; the run resumes from its newest checkpoint with the same '$PROG run' command" >&2
   return 3
 }
 
@@ -240,8 +238,16 @@ babysit() {
   local attempt=0 state rc
   while :; do
     # A separate process: inside 'if'/'until' bash would ignore set -e in train and its preflight.
-    rc=0
-    bash "${BASH_SOURCE[0]}" run "${ARGS[@]}" || rc=$?
+    # SIGTERM / Ctrl-C go to it (it stops the trainers cleanly); babysit then returns its exit code.
+    bash "${BASH_SOURCE[0]}" run "${ARGS[@]}" &
+    CHILD=$!
+    trap 'kill -TERM $CHILD 2>/dev/null || true' TERM INT
+    while :; do
+      rc=0
+      wait "$CHILD" || rc=$?
+      kill -0 "$CHILD" 2>/dev/null || break  # else a trapped signal interrupted the wait
+    done
+    trap - TERM INT
     (( rc == 0 )) && return 0
     (( rc == 2 )) && exit 2
     state=$("${GC[@]}" tpu-vm describe "$NAME" "${WHERE[@]}" --format='value(state)' 2>/dev/null || echo GONE)
