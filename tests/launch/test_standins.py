@@ -150,8 +150,8 @@ def docker_dir(world):
     d.mkdir(parents=True)
     os.chown(d, 1001, 1001)  # created by an ssh user that is not the image's uid 1000
     d.chmod(0o755)
-    leftover = subprocess.run(["docker", "run", "--name", "dq-0", "deqdist:test", "--help"], env=launcher_env(world),
-                              capture_output=True)
+    leftover = subprocess.run(["ssh", "alice@vm", "docker run --name dq-0 deqdist:test --help"],
+                              env=launcher_env(world), capture_output=True)
     assert leftover.returncode == 0 and "dq-0" in containers(world)  # no --rm: its name stays taken
     return d
 
