@@ -150,9 +150,9 @@ wait_all() {  # the first non-zero exit stops the rest; returns it
   while [[ ${#PIDS[@]} -gt 0 ]]; do
     ended='' r=0
     wait -n -p ended "${PIDS[@]}" || r=$?
-    [[ -n $ended ]] || continue  # a trapped SIGTERM interrupted the wait; no container ended
+    [[ -n ${ended:-} ]] || continue  # a trapped SIGTERM interrupted the wait (bash unsets ended)
     left=()
-    for pid in "${PIDS[@]}"; do [[ $pid == "$ended" ]] || left+=("$pid"); done
+    for pid in "${PIDS[@]}"; do [[ $pid == "${ended:-}" ]] || left+=("$pid"); done
     PIDS=("${left[@]}")
     if (( r != 0 && rc == 0 )); then rc=$r; stop_all; fi
   done
