@@ -83,12 +83,7 @@ def worker_state(w: Path, host: str, user: str = "root") -> dict:
 
 def remove_world(w: Path) -> None:
     """SIGKILL what still runs in the world (its processes carry STANDIN_WORLD), then delete it."""
-    tag = f"STANDIN_WORLD={w}".encode()
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit() and int(d.name) != os.getpid():
-            try:
-                if tag in (d / "environ").read_bytes().split(b"\0"):
-                    os.kill(int(d.name), 9)
-            except OSError:
-                pass
+    from standins.standin import kill_tagged
+
+    kill_tagged(f"STANDIN_WORLD={w}")
     shutil.rmtree(w, ignore_errors=True)

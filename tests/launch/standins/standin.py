@@ -82,16 +82,21 @@ def _relay(src, dst) -> None:
         dst.flush()
 
 
-def kill_host(host: str) -> None:
-    """SIGKILL every process of HOST (a deleted or preempted VM)."""
-    tag = f"STANDIN_HOST={host}".encode()
+def kill_tagged(tag: str) -> None:
+    """SIGKILL every process whose environment holds TAG (KEY=VALUE), found by pid in /proc."""
+    want = tag.encode()
     for d in Path("/proc").iterdir():
         if d.name.isdigit() and int(d.name) != os.getpid():
             try:
-                if tag in (d / "environ").read_bytes().split(b"\0"):
+                if want in (d / "environ").read_bytes().split(b"\0"):
                     os.kill(int(d.name), signal.SIGKILL)
             except OSError:
                 pass
+
+
+def kill_host(host: str) -> None:
+    """SIGKILL every process of HOST (a deleted or preempted VM)."""
+    kill_tagged(f"STANDIN_HOST={host}")
 
 
 def split_user(spec: str) -> tuple[str, str]:
