@@ -48,6 +48,10 @@ def test_help(name):
     ("gpu_docker.sh", ["--hosts", "a", "--image", "i", "--port", "0", "--", "--run-dir", "/r"], "--port"),
     ("gpu_docker.sh", ["--hosts", "a", "--image", "i", "--", "--run-dir", "/r", "--coordinator", "x:1"],
      "set by the launcher"),
+    ("gpu_docker.sh", ["--hosts", "u@localhost,gpu2", "--image", "i", "--", "--run-dir", "/r"], "'u@localhost'"),
+    ("gpu_docker.sh", ["--hosts", "gpu1,127.0.0.1", "--image", "i", "--", "--run-dir", "/r"], "'127.0.0.1'"),
+    ("gpu_docker.sh", ["--hosts", "a", "--image", "i", "--user", "me", "--", "--run-dir", "/r"], "--user"),
+    ("tpu_vm.sh", ["run", "--name", "a", "--zone", "z", "--poll", "0", "--", "--run-dir", "/r"], "--poll"),
     ("slurm.sbatch", ["--dry-run", "--", "parallel.data=2"], "--run-dir"),
     ("slurm.sbatch", ["--", "--run-dir", "/r"], "sbatch"),
 ])
@@ -96,17 +100,27 @@ def test_tpu_vm_dry_run(tmp_path):
     assert p.returncode == 0, p.stderr
     cmds = commands(p.stdout)
     assert all(c[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh"] for c in cmds)
-    remote = [shlex.split(c[c.index("--command") + 1]) for c in cmds]
-    assert "/tmp/libtpu_lockfile" in remote[0]
-    assert cmds[1][cmds[1].index("--command") - 1] == "--worker=0" and ".reachable" in " ".join(remote[1])
-    info, train = remote[-2], remote[-1]
-    assert "JAX_PLATFORMS=tpu" in info and info[info.index("deqdist.cli") + 1:] == [
+    remote = [c[c.index("--command") + 1] for c in cmds]
+    stale, lock, token, check, info, start, status = remote
+    assert "kill -TERM $pid" in stale and "kill -9" not in stale.split("[ $i -ge 300 ]")[0]  # SIGTERM first
+    assert "/tmp/libtpu_lockfile" in lock
+    assert cmds[2][cmds[2].index("--command") - 1] == "--worker=0" and ".reachable" in token
+    info = shlex.split(info)
+    assert "JAX_PLATFORMS=tpu" in info and info[info.index("deqdist.cli") + 1:info.index(">/dev/null")] == [
         "info", "--distributed", "--run-dir", "/mnt/shared/runs/x", "--config", "configs/small.yaml",
         "logging.sample_prompt=a b"]
-    assert train[train.index("deqdist.cli") + 1:train.index(">")] == [
+    assert info[info.index("deqdist.cli") - 2] == ".venv/bin/python"  # the 3.11 venv of setup, not python3
+    # Detached from the ssh session (nohup + setsid, all output to the log), its pid and exit code kept.
+    words = shlex.split(start)
+    detached = words[words.index("nohup") - 1:words.index("}") + 1]
+    assert detached[:4] == ["{", "nohup", "setsid", "bash"] and detached[-2:] == ["&", "}"], detached
+    assert detached[detached.index("<") + 1] == "/dev/null" and detached[detached.index("2>&1") - 2] == ">"
+    inner = shlex.split(detached[5])
+    assert inner[inner.index("deqdist.cli") + 1:inner.index("&")] == [
         "train", "--distributed", "--run-dir", "/mnt/shared/runs/x", "--config", "configs/small.yaml",
         "logging.sample_prompt=a b"]
-    assert train[train.index(">") + 1].startswith("/mnt/shared/runs/x/logs/")
+    assert detached[detached.index(">") + 1].startswith("/mnt/shared/runs/x/logs/")
+    assert "deqdist-train: running" in status
     assert not list(tmp_path.iterdir())
 
 
@@ -126,22 +140,26 @@ def test_tpu_vm_other_commands(cmd, expect):
 
 
 def test_gpu_docker_dry_run(tmp_path):
-    p = launch("gpu_docker.sh", "--hosts", "gpu1,gpu2", "--image", "deqdist:1", "--port", "2345", "--dry-run", "--",
+    p = launch("gpu_docker.sh", "--hosts", "me@gpu1,gpu2", "--image", "deqdist:1", "--port", "2345", "--dry-run", "--",
                "--run-dir", "/shared/r", "parallel.data=16", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     ssh = [c for c in commands(p.stdout) if c[0] == "ssh"]
     runs = [(c[3], shlex.split(c[4])) for c in ssh if c[4].startswith("docker run")]
     train = [(h, c) for h, c in runs if "train" in c]
-    assert [h for h, _ in train] == ["gpu1", "gpu2"]
+    assert [h for h, _ in train] == ["me@gpu1", "gpu2"]
     for rank, (host, c) in enumerate(train):
-        for flag in ("--gpus", "--network=host", "--ipc=host", "--init", "--stop-timeout"):
+        for flag in ("--gpus", "--network=host", "--ipc=host", "--init", "--stop-timeout", "--user"):
             assert flag in c, flag
         assert c[c.index("--ulimit") + 1] == "memlock=-1" and c[c.index("-v") + 1] == "/shared/r:/shared/r"
         assert c[c.index("deqdist:1") + 1:] == ["train", "--run-dir", "/shared/r", "parallel.data=16",
                                                 "--coordinator", "gpu1:2345", "--num-processes", "2",
                                                 "--process-id", str(rank), "--init-timeout", "300"]
     reads = [c[3] for c in ssh if c[4] == "cat /shared/r/.reachable"]
-    assert reads == ["gpu1", "gpu2"]
+    assert reads == ["me@gpu1", "gpu2"]
+    owner = [c[3] for c in ssh if c[4] == "stat -c %u:%g /shared/r"]  # --user: the run dir's owner
+    leftovers = [c for c in ssh if "docker rm -f" in c[4]]
+    assert owner == ["me@gpu1"] and len(leftovers) == 2
+    assert ssh.index(leftovers[-1]) < ssh.index(next(c for c in ssh if c[4].startswith("docker run")))
     assert not list(tmp_path.iterdir())
 
 
@@ -178,11 +196,23 @@ def test_dockerfile_installs_a_pyproject_extra():
     for name in ("cuda12", "cuda13", "tpu"):
         assert any(r.startswith(f"jax[{name}]") for r in extras[name]), name
     docker = (ROOT / "Dockerfile").read_text()
-    installs = re.findall(r"^RUN pip install (.+)$", docker, re.M)
-    assert len(installs) == 1  # one resolver call, no second list of packages
-    extra = re.fullmatch(r"""["']?\.\[(\w+)\]["']?""", installs[0].strip())
+    assert docker.startswith("# syntax=docker/dockerfile:1\n")
+    lines = [l for l in docker.splitlines() if l and not l.startswith("#")]
+    installs = [i for i, l in enumerate(lines) if " pip install " in l]
+    assert all(lines[i].startswith("RUN --mount=type=cache,target=/root/.cache/pip pip install ") for i in installs)
+    deps = [i for i in installs if "--no-deps" not in lines[i]]
+    assert len(deps) == 1  # one resolver call, no second list of packages
+    extra = re.fullmatch(r"""["']?\.\[(\w+)\]["']?""", lines[deps[0]].rsplit(" ", 1)[1])
     assert extra and extra.group(1) in extras
+    # The dependency layer sees pyproject.toml only: a source edit does not reinstall the CUDA wheels.
+    source = next(i for i, l in enumerate(lines) if re.match(r"COPY .*\bdeqdist\b", l))
+    assert lines.index("COPY pyproject.toml ./") < deps[0] < source < installs[-1]
+    assert "JAX_PLATFORMS" not in "\n".join(lines)  # no GPU: deqdist's one line, not a forced-cuda traceback
     assert re.search(r"^FROM python:3\.11", docker, re.M) and 'ENTRYPOINT ["deqdist"]' in docker
     assert re.search(r"^USER (?!root)\w+", docker, re.M) and re.search(r"^VOLUME", docker, re.M)
+    assert "--user" in docker  # how a root-owned bind mount becomes writable
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignored and "runs" in ignored
+    if shutil.which("hadolint"):
+        p = subprocess.run(["hadolint", "Dockerfile"], capture_output=True, text=True, cwd=ROOT)
+        assert p.returncode == 0, p.stdout
