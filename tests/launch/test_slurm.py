@@ -1,0 +1,245 @@
+"""launch/slurm.sbatch for real, on a one-node SLURM cluster started by launch/slurm_cluster.sh.
+
+2 tasks x 4 simulated CPU devices train like `launch/local.py -n 2 -d 4`; SIGTERM from the
+time limit (--signal=TERM@N, the limit pulled in with `scontrol update`) checkpoints, exits 0
+and the resubmitted job resumes bitwise; a task killed with SIGKILL ends the job with exit 3 and
+one line, before and after the first checkpoint. The cluster has no GPU gres and the jobs ask
+for none. Jobs are judged by exit codes, files and scontrol's key=value records.
+A task is held with SIGSTOP while it is signalled, so no step can race the test.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from trainutil import ROOT, checkpoint_steps, losses
+
+CLUSTER = ROOT / "launch" / "slurm_cluster.sh"
+EXIT_CANNOT = 4  # slurm_cluster.sh: this machine cannot run the cluster
+STEPS = 6
+# Small enough to compile and train in seconds on 2 busy cores; the (2,1,4) mesh splits the batch
+# across the two tasks and the sequence across each task's four devices.
+CFG = [
+    "model.d_model=16", "model.n_heads=4", "model.d_mlp=32", "model.seq_len=16", "data.global_batch_size=8",
+    "data.eval_batches=1", "train.test_batches=1", f"train.steps={STEPS}", "train.warmup_steps=2",
+    "train.warmup_explicit_steps=0", "train.jac_reg_every=0", "train.lr=3e-3", "train.log_every=1",
+    "train.eval_every=0", "train.spectral_every=0", "checkpoint.every=2", "checkpoint.keep=5",
+    "logging.sample_tokens=0", "logging.progress=lines", "solver.max_iter=6", "solver.bwd.max_iter=6",
+    "parallel.data=2", "parallel.fsdp=1", "parallel.tensor=4",
+]
+ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL",
+         "DEADLINE"}
+JOB_TIMEOUT = 900  # a loaded 2-core machine compiles slowly
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """SLURM_CONF of a running one-node cluster; skipped with the script's reason where it cannot run."""
+    where = tmp_path_factory.mktemp("slurm")
+    p = subprocess.run(["bash", str(CLUSTER), "start", "--dir", str(where)], capture_output=True, text=True,
+                       timeout=900)
+    if p.returncode == EXIT_CANNOT:
+        pytest.skip(p.stderr.strip())
+    assert p.returncode == 0, p.stdout + p.stderr
+    try:
+        yield where / "slurm.conf"
+    finally:
+        subprocess.run(["bash", str(CLUSTER), "stop", "--dir", str(where)], capture_output=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def env(cluster, tmp_path_factory) -> dict:
+    """The submitter's environment: it reaches every task (JAX_PLATFORMS=cpu, 4 devices per task)."""
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_"))}
+    cache = tmp_path_factory.mktemp("jax-cache")
+    e.update(SLURM_CONF=str(cluster), JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             PYTHONUNBUFFERED="1", JAX_COMPILATION_CACHE_DIR=str(cache),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    return e
+
+
+def submit(env: dict, run_dir: Path, *train: str, sbatch=(), launcher=("--no-preflight",)) -> str:
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    cmd = ["sbatch", "--parsable", "--ntasks-per-node=2", "--cpus-per-task=1", f"--output={run_dir}.%j.out",
+           *sbatch, "launch/slurm.sbatch", "--python", sys.executable, *launcher, "--", "--run-dir", str(run_dir),
+           *CFG, *train]
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return p.stdout.strip().split(";")[0]
+
+
+def record(env: dict, kind: str, name: str) -> dict:
+    """scontrol's one-line key=value record of a job or node (values without spaces only)."""
+    p = subprocess.run(["scontrol", "-o", "show", kind, name], env=env, capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    return dict(t.split("=", 1) for t in p.stdout.split() if "=" in t)
+
+
+def wait_end(env: dict, job: str, timeout: float = JOB_TIMEOUT) -> dict:
+    deadline = time.monotonic() + timeout
+    while (rec := record(env, "job", job))["JobState"] not in ENDED:
+        if time.monotonic() > deadline:
+            subprocess.run(["scancel", job], env=env, timeout=30)
+            raise AssertionError(f"job {job} still {rec['JobState']} after {timeout} s")
+        time.sleep(0.5)
+    return rec
+
+
+def exit_code(rec: dict) -> tuple[int, int]:
+    code, sig = rec["ExitCode"].split(":")
+    return int(code), int(sig)
+
+
+def output(run_dir: Path, job: str) -> str:
+    return Path(f"{run_dir}.{job}.out").read_text()
+
+
+def trainers(job: str) -> dict[int, int]:
+    """SLURM task -> pid of its `deqdist train` process, read from /proc (environment and command line)."""
+    found = {}
+    for d in Path("/proc").iterdir():
+        try:
+            cmd = (d / "cmdline").read_bytes().split(b"\0")
+            environ = dict(kv.split(b"=", 1) for kv in (d / "environ").read_bytes().split(b"\0") if b"=" in kv)
+        except OSError:
+            continue
+        if environ.get(b"SLURM_JOB_ID") == job.encode() and cmd[1:4] == [b"-m", b"deqdist.cli", b"train"]:
+            found[int(environ[b"SLURM_PROCID"])] = int(d.name)
+    return found
+
+
+def wait_trainers(env: dict, job: str, ready=lambda: True, what: str = "the trainers") -> dict[int, int]:
+    """The two trainer pids once `ready()` holds while both run, stopped (SIGSTOP): the caller continues them."""
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while True:
+        pids = trainers(job)
+        if len(pids) == 2 and ready():
+            for pid in pids.values():
+                os.kill(pid, signal.SIGSTOP)
+            if trainers(job) == pids:  # both still there, now held
+                return pids
+            for pid in pids.values():
+                os.kill(pid, signal.SIGCONT)
+        state = record(env, "job", job)["JobState"]
+        assert state in ("PENDING", "CONFIGURING", "RUNNING"), f"job {job} is {state} before {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def logged_steps(run_dir: Path) -> int:
+    p = run_dir / "metrics.jsonl"
+    lines = p.read_text().splitlines() if p.exists() else []
+    return sum(1 for l in lines if l.endswith("}") and json.loads(l)["kind"] == "train")
+
+
+def pending(pid: int, sig: int) -> bool:
+    """Whether `sig` waits for the (stopped) process: /proc's pending masks, thread or process wide."""
+    masks = re.findall(r"^(?:SigPnd|ShdPnd):\s*([0-9a-f]+)$", Path(f"/proc/{pid}/status").read_text(), re.M)
+    return any(int(m, 16) >> (sig - 1) & 1 for m in masks)
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory, env) -> Path:
+    """The same training by launch/local.py -n 2 -d 4 (no SLURM)."""
+    run_dir = tmp_path_factory.mktemp("local") / "run"
+    e = {k: v for k, v in env.items() if k != "SLURM_CONF"}
+    p = subprocess.run([sys.executable, "launch/local.py", "-n", "2", "-d", "4", "--no-preflight", "--",
+                        "--run-dir", str(run_dir), *CFG], cwd=ROOT, env=e, capture_output=True, text=True,
+                       timeout=JOB_TIMEOUT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def slurm_run(tmp_path_factory, env) -> tuple[Path, str, dict]:
+    """One uninterrupted job, preflight included: (run dir, job id, its final scontrol record)."""
+    run_dir = tmp_path_factory.mktemp("sbatch") / "run"
+    job = submit(env, run_dir, launcher=())
+    return run_dir, job, wait_end(env, job)
+
+
+def test_two_tasks_train_like_local_py(slurm_run, local_run):
+    run_dir, job, rec = slurm_run
+    assert (rec["JobState"], exit_code(rec)) == ("COMPLETED", (0, 0)), output(run_dir, job)
+    got, want = losses(run_dir), losses(local_run)
+    assert sorted(got) == list(range(1, STEPS + 1))
+    assert got == want  # same processes, devices and mesh: the same numbers
+    for task in (0, 1):  # the preflight ran on both tasks
+        assert (run_dir / "logs" / f"{job}-{task}-info.log").stat().st_size > 0
+
+
+def test_cpu_partition_without_gpu_gres(cluster, env, slurm_run):
+    run_dir, job, rec = slurm_run
+    node = record(env, "node", record(env, "job", job)["NodeList"])
+    assert node["Gres"] == "(null)"  # the node has no GPUs to give
+    sbatch = (ROOT / "launch" / "slurm.sbatch").read_text()
+    assert not re.search(r"^#SBATCH .*(gpu|gres)", sbatch, re.M)  # and the job asks for none
+    assert exit_code(rec) == (0, 0)
+    assert "8 cpu device(s), 2 process(es)" in (run_dir / "logs" / f"{job}-0.log").read_text()
+
+
+def test_time_limit_sigterm_checkpoints_exits_0_and_resubmission_resumes_bitwise(tmp_path, env, slurm_run):
+    run_dir = tmp_path / "run"
+    job_env = {**env, "DEQDIST_PEER_TIMEOUT": "600"}  # held trainers must not count each other as lost
+    job = submit(job_env, run_dir, sbatch=("--time=60", "--signal=TERM@240"))
+    pids = wait_trainers(env, job, lambda: logged_steps(run_dir) >= 1, "the first step")
+    # Pull the time limit in to 3+ minutes from now: slurmctld sends TERM (240 s before the limit)
+    # at its next check, while the trainers are held at step >= 1 (they cannot finish first).
+    minutes = sum(int(x) * m for x, m in zip(reversed(re.split("[-:]", record(env, "job", job)["RunTime"])),
+                                             (1 / 60, 1, 60, 24 * 60)))
+    subprocess.run(["scontrol", "update", f"JobId={job}", f"TimeLimit={int(minutes) + 4}"], env=env, check=True,
+                   timeout=30)
+    deadline = time.monotonic() + 120
+    while not all(pending(pid, signal.SIGTERM) for pid in pids.values()):
+        assert time.monotonic() < deadline, "no SIGTERM from the time limit within 120 s"
+        time.sleep(0.2)
+    for pid in pids.values():
+        os.kill(pid, signal.SIGCONT)
+    rec = wait_end(env, job)
+    assert (rec["JobState"], exit_code(rec)) == ("COMPLETED", (0, 0)), output(run_dir, job)
+    k = max(losses(run_dir))
+    assert 1 <= k < STEPS and checkpoint_steps(run_dir)[-1] == k
+    assert not (run_dir / "results.json").exists()
+
+    again = submit(env, run_dir)  # the same command
+    rec = wait_end(env, again)
+    assert (rec["JobState"], exit_code(rec)) == ("COMPLETED", (0, 0)), output(run_dir, again)
+    assert [r["start_step"] for r in json.loads((run_dir / "run.json").read_text())] == [0, k]
+    assert losses(run_dir) == losses(slurm_run[0])  # bitwise, every step once
+
+
+def lost_line(run_dir: Path, job: str) -> str:
+    out = output(run_dir, job)
+    lines = [l for l in out.splitlines() if l.startswith("launch/slurm.sbatch: error:")]
+    assert len(lines) == 1, out
+    return lines[0]
+
+
+@pytest.mark.parametrize("when", ["after", "before"])
+def test_task_killed_ends_the_job_with_exit_3_and_one_line(tmp_path, env, slurm_run, when):
+    run_dir = tmp_path / "run"
+    if when == "after":
+        job = submit(env, run_dir)
+        pids = wait_trainers(env, job, lambda: checkpoint_steps(run_dir), "the first checkpoint")
+    else:  # checkpoint only at the end: none can exist while the trainers run
+        job = submit(env, run_dir, "checkpoint.every=1000")
+        pids = wait_trainers(env, job)
+    os.kill(pids[1], signal.SIGKILL)
+    os.kill(pids[0], signal.SIGCONT)
+    rec = wait_end(env, job)
+    assert (rec["JobState"], exit_code(rec)) == ("FAILED", (3, 0)), output(run_dir, job)
+    line = lost_line(run_dir, job)
+    assert "lost task 1 of 2 (killed by SIGKILL" in line and f"{run_dir}/logs/{job}-1.log" in line
+    steps = checkpoint_steps(run_dir)
+    if when == "after":
+        assert steps and f"newest complete checkpoint: step {steps[-1]} in {run_dir}/checkpoints" in line
+    else:
+        assert not steps and "newest complete checkpoint: none yet" in line
+    assert re.search(r"resume with sbatch .*launch/slurm\.sbatch .*--run-dir " + re.escape(str(run_dir)), line)
