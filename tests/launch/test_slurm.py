@@ -1,20 +1,25 @@
 """launch/slurm.sbatch for real, on a one-node SLURM cluster started by launch/slurm_cluster.sh.
 
-2 tasks x 4 simulated CPU devices train like `launch/local.py -n 2 -d 4`; SIGTERM from the
-time limit (--signal=TERM@N, the limit pulled in with `scontrol update`) checkpoints, exits 0
-and the resubmitted job resumes bitwise; a task killed with SIGKILL ends the job with exit 3 and
-one line, before and after the first checkpoint. The cluster has no GPU gres and the jobs ask
-for none. Jobs are judged by exit codes, files and scontrol's key=value records.
-A task is held with SIGSTOP while it is signalled, so no step can race the test.
+One run goes through three jobs, each resuming the last: a task killed with SIGKILL after the
+first checkpoint (exit 3, one line), SIGTERM from the time limit (--signal=TERM@N, the limit
+pulled in with `scontrol update`: checkpoint, exit 0), and the rest of the steps; its losses
+equal, bitwise, those of `launch/local.py -n 2 -d 4` (2 tasks x 4 simulated CPU devices
+either way). A fourth job loses a task before any checkpoint. The cluster has no GPU gres and
+the jobs ask for none. Jobs are judged by exit codes, files and scontrol's key=value records;
+a trainer is held with SIGSTOP while it is signalled, so no step can race the test. Every job
+compiles afresh: JAX's compilation cache would let task 0 start from it while task 1 (which
+never writes it) compiles, longer than gloo waits for a peer on a busy machine.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,7 +28,7 @@ from trainutil import ROOT, checkpoint_steps, losses
 
 CLUSTER = ROOT / "launch" / "slurm_cluster.sh"
 EXIT_CANNOT = 4  # slurm_cluster.sh: this machine cannot run the cluster
-STEPS = 6
+STEPS = 10
 # Small enough to compile and train in seconds on 2 busy cores; the (2,1,4) mesh splits the batch
 # across the two tasks and the sequence across each task's four devices.
 CFG = [
@@ -40,32 +45,34 @@ JOB_TIMEOUT = 900  # a loaded 2-core machine compiles slowly
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """SLURM_CONF of a running one-node cluster; skipped with the script's reason where it cannot run."""
-    where = tmp_path_factory.mktemp("slurm")
+def cluster():
+    """SLURM_CONF of a running one-node cluster; skipped with the script's reason where it cannot run.
+    Its own folder, not pytest's: the daemons must outlive any clean-up of old pytest folders."""
+    where = Path(tempfile.mkdtemp(prefix="deqdist-slurm-"))
     p = subprocess.run(["bash", str(CLUSTER), "start", "--dir", str(where)], capture_output=True, text=True,
                        timeout=900)
     if p.returncode == EXIT_CANNOT:
+        shutil.rmtree(where)
         pytest.skip(p.stderr.strip())
-    assert p.returncode == 0, p.stdout + p.stderr
     try:
+        assert p.returncode == 0, p.stdout + p.stderr
         yield where / "slurm.conf"
     finally:
         subprocess.run(["bash", str(CLUSTER), "stop", "--dir", str(where)], capture_output=True, timeout=300)
+        shutil.rmtree(where, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def env(cluster, tmp_path_factory) -> dict:
+def env(cluster) -> dict:
     """The submitter's environment: it reaches every task (JAX_PLATFORMS=cpu, 4 devices per task)."""
-    e = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_"))}
-    cache = tmp_path_factory.mktemp("jax-cache")
+    e = {k: v for k, v in os.environ.items()
+         if not k.startswith(("SLURM_", "SBATCH_", "SRUN_", "JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE"))}
     e.update(SLURM_CONF=str(cluster), JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             PYTHONUNBUFFERED="1", JAX_COMPILATION_CACHE_DIR=str(cache),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+             PYTHONUNBUFFERED="1")
     return e
 
 
-def submit(env: dict, run_dir: Path, *train: str, sbatch=(), launcher=("--no-preflight",)) -> str:
+def submit(env: dict, run_dir: Path, *train: str, sbatch=(), launcher=()) -> str:
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     cmd = ["sbatch", "--parsable", "--ntasks-per-node=2", "--cpus-per-task=1", f"--output={run_dir}.%j.out",
            *sbatch, "launch/slurm.sbatch", "--python", sys.executable, *launcher, "--", "--run-dir", str(run_dir),
@@ -130,13 +137,14 @@ def wait_trainers(env: dict, job: str, ready=lambda: True, what: str = "the trai
         state = record(env, "job", job)["JobState"]
         assert state in ("PENDING", "CONFIGURING", "RUNNING"), f"job {job} is {state} before {what}"
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
+        time.sleep(0.2)
 
 
-def logged_steps(run_dir: Path) -> int:
+def trained_since(run_dir: Path, t0: float, after_step: int) -> bool:
+    """Whether a step after `after_step` was logged since `t0` (older lines may still wait to be cut on resume)."""
     p = run_dir / "metrics.jsonl"
-    lines = p.read_text().splitlines() if p.exists() else []
-    return sum(1 for l in lines if l.endswith("}") and json.loads(l)["kind"] == "train")
+    recs = [json.loads(l) for l in (p.read_text().splitlines() if p.exists() else []) if l.endswith("}")]
+    return any(r["kind"] == "train" and r["step"] > after_step and r["time"] >= t0 for r in recs)
 
 
 def pending(pid: int, sig: int) -> bool:
@@ -147,7 +155,7 @@ def pending(pid: int, sig: int) -> bool:
 
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory, env) -> Path:
-    """The same training by launch/local.py -n 2 -d 4 (no SLURM)."""
+    """The same training by launch/local.py -n 2 -d 4 (no SLURM), uninterrupted."""
     run_dir = tmp_path_factory.mktemp("local") / "run"
     e = {k: v for k, v in env.items() if k != "SLURM_CONF"}
     p = subprocess.run([sys.executable, "launch/local.py", "-n", "2", "-d", "4", "--no-preflight", "--",
@@ -157,62 +165,47 @@ def local_run(tmp_path_factory, env) -> Path:
     return run_dir
 
 
-@pytest.fixture(scope="module")
-def slurm_run(tmp_path_factory, env) -> tuple[Path, str, dict]:
-    """One uninterrupted job, preflight included: (run dir, job id, its final scontrol record)."""
-    run_dir = tmp_path_factory.mktemp("sbatch") / "run"
-    job = submit(env, run_dir, launcher=())
-    return run_dir, job, wait_end(env, job)
+def kill_task_1(env: dict, run_dir: Path, *train: str, launcher=(), ready=lambda: True,
+                what="the trainers") -> tuple[str, dict]:
+    job = submit(env, run_dir, *train, launcher=launcher)
+    pids = wait_trainers(env, job, ready, what)
+    os.kill(pids[1], signal.SIGKILL)
+    os.kill(pids[0], signal.SIGCONT)
+    return job, wait_end(env, job)
 
 
-def test_two_tasks_train_like_local_py(slurm_run, local_run):
-    run_dir, job, rec = slurm_run
-    assert (rec["JobState"], exit_code(rec)) == ("COMPLETED", (0, 0)), output(run_dir, job)
-    got, want = losses(run_dir), losses(local_run)
-    assert sorted(got) == list(range(1, STEPS + 1))
-    assert got == want  # same processes, devices and mesh: the same numbers
-    for task in (0, 1):  # the preflight ran on both tasks
-        assert (run_dir / "logs" / f"{job}-{task}-info.log").stat().st_size > 0
-
-
-def test_cpu_partition_without_gpu_gres(cluster, env, slurm_run):
-    run_dir, job, rec = slurm_run
-    node = record(env, "node", record(env, "job", job)["NodeList"])
-    assert node["Gres"] == "(null)"  # the node has no GPUs to give
-    sbatch = (ROOT / "launch" / "slurm.sbatch").read_text()
-    assert not re.search(r"^#SBATCH .*(gpu|gres)", sbatch, re.M)  # and the job asks for none
-    assert exit_code(rec) == (0, 0)
-    assert "8 cpu device(s), 2 process(es)" in (run_dir / "logs" / f"{job}-0.log").read_text()
-
-
-def test_time_limit_sigterm_checkpoints_exits_0_and_resubmission_resumes_bitwise(tmp_path, env, slurm_run):
-    run_dir = tmp_path / "run"
-    job_env = {**env, "DEQDIST_PEER_TIMEOUT": "600"}  # held trainers must not count each other as lost
-    job = submit(job_env, run_dir, sbatch=("--time=60", "--signal=TERM@240"))
-    pids = wait_trainers(env, job, lambda: logged_steps(run_dir) >= 1, "the first step")
-    # Pull the time limit in to 3+ minutes from now: slurmctld sends TERM (240 s before the limit)
-    # at its next check, while the trainers are held at step >= 1 (they cannot finish first).
+def time_limit_sigterm(env: dict, run_dir: Path, after_step: int) -> tuple[str, dict]:
+    """A job that slurmctld sends SIGTERM (--signal=TERM@240) once it trains past `after_step`."""
+    t0 = time.time()
+    job = submit({**env, "DEQDIST_PEER_TIMEOUT": "600"}, run_dir,  # held trainers must not count each other lost
+                 sbatch=("--time=60", "--signal=TERM@240"), launcher=("--no-preflight",))
+    pids = wait_trainers(env, job, lambda: trained_since(run_dir, t0, after_step), f"step {after_step + 1}")
+    # Pull the time limit in to 3-4 minutes from now: slurmctld sends TERM (240 s before the limit)
+    # at its next check, while the trainers are held (they cannot finish first).
     minutes = sum(int(x) * m for x, m in zip(reversed(re.split("[-:]", record(env, "job", job)["RunTime"])),
                                              (1 / 60, 1, 60, 24 * 60)))
     subprocess.run(["scontrol", "update", f"JobId={job}", f"TimeLimit={int(minutes) + 4}"], env=env, check=True,
-                   timeout=30)
+                   timeout=30, capture_output=True)
     deadline = time.monotonic() + 120
     while not all(pending(pid, signal.SIGTERM) for pid in pids.values()):
         assert time.monotonic() < deadline, "no SIGTERM from the time limit within 120 s"
         time.sleep(0.2)
     for pid in pids.values():
         os.kill(pid, signal.SIGCONT)
-    rec = wait_end(env, job)
-    assert (rec["JobState"], exit_code(rec)) == ("COMPLETED", (0, 0)), output(run_dir, job)
-    k = max(losses(run_dir))
-    assert 1 <= k < STEPS and checkpoint_steps(run_dir)[-1] == k
-    assert not (run_dir / "results.json").exists()
+    return job, wait_end(env, job)
 
-    again = submit(env, run_dir)  # the same command
-    rec = wait_end(env, again)
-    assert (rec["JobState"], exit_code(rec)) == ("COMPLETED", (0, 0)), output(run_dir, again)
-    assert [r["start_step"] for r in json.loads((run_dir / "run.json").read_text())] == [0, k]
-    assert losses(run_dir) == losses(slurm_run[0])  # bitwise, every step once
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory, env) -> dict:
+    """One run through three jobs: {"run_dir", "killed", "termed", "done": (job id, final record), "ckpt": step}."""
+    run_dir = tmp_path_factory.mktemp("sbatch") / "run"
+    out = {"run_dir": run_dir}
+    out["killed"] = kill_task_1(env, run_dir, ready=lambda: checkpoint_steps(run_dir), what="the first checkpoint")
+    out["ckpt"] = max(checkpoint_steps(run_dir), default=0)
+    out["termed"] = time_limit_sigterm(env, run_dir, out["ckpt"])
+    job = submit(env, run_dir, launcher=("--no-preflight",))
+    out["done"] = job, wait_end(env, job)
+    return out
 
 
 def lost_line(run_dir: Path, job: str) -> str:
@@ -222,24 +215,52 @@ def lost_line(run_dir: Path, job: str) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("when", ["after", "before"])
-def test_task_killed_ends_the_job_with_exit_3_and_one_line(tmp_path, env, slurm_run, when):
-    run_dir = tmp_path / "run"
-    if when == "after":
-        job = submit(env, run_dir)
-        pids = wait_trainers(env, job, lambda: checkpoint_steps(run_dir), "the first checkpoint")
-    else:  # checkpoint only at the end: none can exist while the trainers run
-        job = submit(env, run_dir, "checkpoint.every=1000")
-        pids = wait_trainers(env, job)
-    os.kill(pids[1], signal.SIGKILL)
-    os.kill(pids[0], signal.SIGCONT)
-    rec = wait_end(env, job)
+def assert_lost_task_1(run_dir: Path, job: str, rec: dict) -> str:
     assert (rec["JobState"], exit_code(rec)) == ("FAILED", (3, 0)), output(run_dir, job)
     line = lost_line(run_dir, job)
-    assert "lost task 1 of 2 (killed by SIGKILL" in line and f"{run_dir}/logs/{job}-1.log" in line
-    steps = checkpoint_steps(run_dir)
-    if when == "after":
-        assert steps and f"newest complete checkpoint: step {steps[-1]} in {run_dir}/checkpoints" in line
-    else:
-        assert not steps and "newest complete checkpoint: none yet" in line
+    assert "lost task 1 of 2 (killed by SIGKILL" in line and f"{run_dir}/logs/{job}-1.log" in line, line
     assert re.search(r"resume with sbatch .*launch/slurm\.sbatch .*--run-dir " + re.escape(str(run_dir)), line)
+    return line
+
+
+def test_task_killed_after_the_first_checkpoint_ends_the_job_with_exit_3_and_one_line(chain):
+    run_dir, (job, rec), step = chain["run_dir"], chain["killed"], chain["ckpt"]
+    line = assert_lost_task_1(run_dir, job, rec)
+    assert step > 0 and f"newest complete checkpoint: step {step} in {run_dir}/checkpoints" in line, line
+    for task in (0, 1):  # the preflight ran on both tasks
+        assert (run_dir / "logs" / f"{job}-{task}-info.log").stat().st_size > 0
+
+
+def test_task_killed_before_any_checkpoint_ends_the_job_with_exit_3_and_one_line(tmp_path, env):
+    run_dir = tmp_path / "run"
+    # Held from the moment they start, the trainers cannot save a checkpoint before the kill.
+    job, rec = kill_task_1(env, run_dir, "checkpoint.every=1000", launcher=("--no-preflight",))
+    line = assert_lost_task_1(run_dir, job, rec)
+    assert not checkpoint_steps(run_dir) and "newest complete checkpoint: none yet" in line, line
+
+
+def test_time_limit_sigterm_checkpoints_and_exits_0(chain):
+    run_dir, (job, rec) = chain["run_dir"], chain["termed"]
+    assert (rec["JobState"], exit_code(rec)) == ("COMPLETED", (0, 0)), output(run_dir, job)
+    starts = [r["start_step"] for r in json.loads((run_dir / "run.json").read_text())]
+    assert starts[:2] == [0, chain["ckpt"]]  # it resumed the killed job's checkpoint
+    assert chain["ckpt"] < starts[2] < STEPS and starts[2] in checkpoint_steps(run_dir)  # saved where TERM stopped it
+
+
+def test_resubmitted_jobs_train_like_local_py_bitwise(chain, local_run):
+    run_dir, (job, rec) = chain["run_dir"], chain["done"]
+    assert (rec["JobState"], exit_code(rec)) == ("COMPLETED", (0, 0)), output(run_dir, job)
+    got = losses(run_dir)  # also: no step logged twice across the three jobs
+    assert sorted(got) == list(range(1, STEPS + 1))
+    assert got == losses(local_run)  # same processes, devices and mesh: the same numbers
+    assert (run_dir / "results.json").is_file()
+
+
+def test_cpu_partition_without_gpu_gres(env, chain):
+    run_dir, (job, rec) = chain["run_dir"], chain["done"]
+    node = record(env, "node", rec["NodeList"])
+    assert node["Gres"] == "(null)"  # the node has no GPUs to give
+    sbatch = (ROOT / "launch" / "slurm.sbatch").read_text()
+    assert not re.search(r"^#SBATCH .*(gpu|gres)", sbatch, re.M)  # and the job asks for none
+    assert exit_code(rec) == (0, 0)
+    assert "8 cpu device(s), 2 process(es)" in (run_dir / "logs" / f"{job}-0.log").read_text()
