@@ -20,12 +20,17 @@ PY = VENV / "bin" / "python"
 STAMP = VENV / ".deqdist-installed"
 
 
-def extras(cmd: str) -> str:
-    # Tests also take the `tpu` extra (libtpu, about 210 MB) so the `deqdist compile` tests run; libtpu
-    # ships for Linux x86-64 only, and elsewhere those tests skip. `train` stays without it.
-    if cmd == "test" and sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64"):
-        return "test,tpu"
-    return "test"
+def extras(cmd: str) -> list[str]:
+    """`train` installs deqdist alone, as a newcomer's `pip install deqdist` does; tests add their extras.
+
+    Tests also take the `tpu` extra (libtpu, about 210 MB) so the `deqdist compile` tests run; libtpu
+    ships for Linux x86-64 only, and elsewhere those tests skip.
+    """
+    if cmd != "test":
+        return []
+    if sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64"):
+        return ["test", "tpu"]
+    return ["test"]
 
 
 def ensure_env(cmd: str) -> None:
@@ -35,11 +40,14 @@ def ensure_env(cmd: str) -> None:
     want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     have = STAMP.read_text().split() if STAMP.exists() else []
     # Installed already with this pyproject.toml and these extras (or a superset of them)?
-    if have[:1] == [want] and set(extras(cmd).split(",")) <= set(have[1:]):
+    if have[:1] == [want] and set(extras(cmd)) <= set(have[1:]):
         return
+    # Keep the extras installed before, so `train` after `test` does not reinstall.
+    wanted = sorted(set(extras(cmd)) | (set(have[1:]) if have[:1] == [want] else set()))
     print("installing deqdist and its dependencies (first run takes a few minutes)", flush=True)
-    subprocess.check_call([str(PY), "-m", "pip", "install", "-q", "-e", f"{ROOT}[{extras(cmd)}]"])
-    STAMP.write_text(" ".join([want, *extras(cmd).split(",")]))
+    target = f"{ROOT}[{','.join(wanted)}]" if wanted else str(ROOT)
+    subprocess.check_call([str(PY), "-m", "pip", "install", "-q", "-e", target])
+    STAMP.write_text(" ".join([want, *wanted]))
 
 
 def main(argv: list[str]) -> int:

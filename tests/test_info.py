@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,3 +66,50 @@ def test_libtpu_without_a_tpu_chip_runs_on_the_cpu():
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     assert json.loads(p.stdout)["backend"] == "cpu"
+
+
+def _site_without_libtpu(tmp: Path) -> Path:
+    """A copy (by symlinks) of this environment's site-packages without libtpu: what `pip install deqdist` gives."""
+    import jax
+
+    site = Path(jax.__file__).resolve().parents[1]
+    bare = tmp / "site-packages"
+    bare.mkdir()
+    for entry in site.iterdir():
+        if not entry.name.lower().startswith("libtpu"):
+            (bare / entry.name).symlink_to(entry)
+    return bare
+
+
+def _bare_env(**extra) -> dict:
+    # No JAX_PLATFORMS: the environment a newcomer has. XLA_FLAGS only simulates devices. TPU_* go too: importing
+    # JAX beside libtpu (as this test process did) sets TPU_LIBRARY_PATH, which a fresh shell does not have.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("JAX_PLATFORMS", "PYTHONPATH") and not k.startswith(("TPU_", "LIBTPU"))}
+    return {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", **extra}
+
+
+def test_a_plain_install_without_libtpu_runs_on_the_cpu(tmp_path):
+    # JAX registers its built-in tpu backend even without libtpu and records "Failed to open libtpu.so";
+    # that must not count as a failed accelerator. `python -S` reads only the bare site (no .pth files).
+    env = _bare_env(PYTHONPATH=f"{ROOT}{os.pathsep}{_site_without_libtpu(tmp_path)}")
+    probe = subprocess.run([sys.executable, "-S", "-c", "import importlib.util as u; print(u.find_spec('libtpu'))"],
+                           env=env, capture_output=True, text=True, timeout=60)
+    assert probe.stdout.strip() == "None", probe.stderr  # the check is real: libtpu is not importable there
+    p = subprocess.run([sys.executable, "-S", "-m", "deqdist.cli", "info", "--json"], env=env, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert json.loads(p.stdout)["backend"] == "cpu"
+
+
+@pytest.mark.parametrize("distributed", [False, True], ids=["one-process", "distributed"])
+def test_a_requested_platform_without_its_plugin_is_one_line_exit_2(distributed):
+    # JAX_PLATFORMS=cuda with no CUDA plugin: jax.devices() fails with a bare AssertionError, not a RuntimeError.
+    if importlib.util.find_spec("jax_plugins") is not None:
+        pytest.skip("a JAX plugin is installed")
+    args = ["--coordinator", f"127.0.0.1:{free_port()}", "--num-processes", "1", "--process-id", "0"] \
+        if distributed else []
+    p = subprocess.run([sys.executable, "-m", "deqdist.cli", "info", *args], env=_bare_env(JAX_PLATFORMS="cuda"),
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr[-2000:]
+    assert p.stderr.startswith("deqdist info: error: JAX_PLATFORMS=cuda but JAX could not start it")

@@ -305,8 +305,10 @@ def maybe_initialize(coordinator: str | None = None, num_processes: int | None =
                           f"and --process-id") from None
     from deqdist.train.platform import require_backend
 
-    require_backend()  # the device exchange with every peer is part of joining
-    watch.done.set()
+    try:
+        require_backend()  # the device exchange with every peer is part of joining
+    finally:
+        watch.done.set()
     client = _client()
     if client is not None and jax.process_count() > 1:
         _watch = PeerWatch(client, jax.process_index(), jax.process_count(), lost_after)

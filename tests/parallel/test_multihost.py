@@ -1,25 +1,19 @@
 """Two local processes x 4 CPU devices (jax.distributed on 127.0.0.1) == one process x 8 devices."""
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+from ports import free_port
 
 WORKER = Path(__file__).with_name("multihost_worker.py")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run(nproc: int, out: Path, *extra: str, timeout: float = 300) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    port = _free_port()
+    port = free_port()
     procs = [subprocess.Popen([sys.executable, str(WORKER), str(i), str(nproc), str(port), str(out), *extra],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for i in range(nproc)]

@@ -2,18 +2,12 @@
 never comes ends the waiting process with exit 3 and one line within --init-timeout."""
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 
 import pytest
 from trainutil import ROOT, cli_cmd, cli_env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ports import free_port
 
 
 def _deqdist_lines(stderr: str) -> list[str]:
@@ -38,7 +32,7 @@ def test_malformed_coordinator_is_exit_2(tmp_path, coordinator, says):
 
 def test_missing_coordinator_gives_up_at_init_timeout(tmp_path):
     run_dir = tmp_path / "run"
-    port = _free_port()
+    port = free_port()
     t0 = time.monotonic()
     p = subprocess.run(cli_cmd("train", "--run-dir", run_dir, "--coordinator", f"127.0.0.1:{port}",
                                "--num-processes", 2, "--process-id", 1, "--init-timeout", 10),
@@ -58,7 +52,7 @@ def test_missing_peer_gives_up_with_progress_lines(tmp_path):
     env = cli_env()
     env["DEQDIST_INIT_TIMEOUT"] = "20"
     t0 = time.monotonic()
-    p = subprocess.run(cli_cmd("train", "--run-dir", run_dir, "--coordinator", f"127.0.0.1:{_free_port()}",
+    p = subprocess.run(cli_cmd("train", "--run-dir", run_dir, "--coordinator", f"127.0.0.1:{free_port()}",
                                "--num-processes", 2, "--process-id", 0), env=env, cwd=ROOT, capture_output=True,
                        text=True, timeout=120)
     assert p.returncode == 3, p.stderr[-3000:]

@@ -135,10 +135,14 @@ def test_kill_9_at_seeded_moments_resumes_exactly(tmp_path, reference_run, start
 
 def test_second_trainer_is_refused_and_a_dead_holder_is_stale(tmp_path, start_cli, run_cli):
     run = tmp_path / "run"
-    cmd = ("train", "--run-dir", run, *SMALL, *MESH_2_1_4)
+    # The first trainer must still hold the lock when the second one checks it: it has far more steps than it
+    # can train meanwhile, and it is stopped (SIGSTOP: alive, holding the lock, using no CPU) during the checks.
+    cmd = ("train", "--run-dir", run, *SMALL, *MESH_2_1_4, "train.steps=100000")
     first = start_cli(*cmd)
     try:
         wait_for(lambda: 8 in checkpoint_steps(run), first, what="checkpoint 8")
+        first.send_signal(signal.SIGSTOP)
+        assert first.poll() is None, "the first trainer ended before the second one could be refused"
         second = run_cli(*cmd, check_rc=2)
         lines = second.stderr.strip().splitlines()
         assert len(lines) == 1 and f"is being trained by pid {first.pid} on host" in lines[0]

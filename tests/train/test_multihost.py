@@ -5,23 +5,17 @@ losses agree to float tolerance; only process 0 writes logs; each process
 checkpoints its own iterator state; the run resumes in a single process.
 """
 import json
-import socket
 import subprocess
 
 import pytest
 from trainutil import MESH_2_1_4, ROOT, SMALL, checkpoint_steps, cli_cmd, cli_env, losses
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ports import free_port
 
 
 def test_two_processes_train_like_one(tmp_path, reference_run, run_cli):
     ref = losses(reference_run[0])
     run_dir = tmp_path / "run"
-    port = _free_port()
+    port = free_port()
     procs = []
     for i in range(2):
         env = cli_env()
