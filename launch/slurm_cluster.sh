@@ -54,7 +54,6 @@ install() {
   local missing
   missing=$(missing_tools)
   [[ -z $missing ]] && return 0
-  [[ $(id -u) == 0 ]] || cannot "$missing not installed and not root; install Debian's ${PACKAGES[*]} (apt-get install ${PACKAGES[*]}) or run as root"
   command -v apt-get >/dev/null || cannot "$missing not installed and there is no apt-get; install SLURM and munge by hand"
   echo "# installing ${PACKAGES[*]} (missing: $missing)"
   export DEBIAN_FRONTEND=noninteractive
@@ -152,8 +151,6 @@ start() {
     echo "export SLURM_CONF=$DIR/slurm.conf"
     return 0
   fi
-  mkdir -p "$DIR"/{munge,state,spool,run,log}
-  chmod 700 "$DIR/munge"
   if [[ $DRY_RUN == 1 ]]; then
     write_conf /dev/stdout
     echo "munged --force --socket $DIR/munge/munge.socket --key-file $DIR/munge/munge.key ..."
@@ -161,8 +158,17 @@ start() {
     echo "slurmd -f $DIR/slurm.conf -N $(hostname -s)"
     return 0
   fi
+  if [[ $(id -u) != 0 ]]; then
+    local missing
+    missing=$(missing_tools)
+    [[ -z $missing ]] || cannot "$missing not installed and not root; install Debian's ${PACKAGES[*]} or run this as root"
+    cannot "slurmd starts job steps as their user and must run as root"
+  fi
+  mkdir -p "$DIR"/{munge,state,spool,run,log}
+  chmod 700 "$DIR/munge"
   install
-  [[ $(id -u) == 0 ]] || cannot "slurmd starts job steps as their user and must run as root"
+  # JAX's SLURM detection dials the first node of the job by name.
+  getent hosts "$(hostname -s)" >/dev/null || cannot "this host's name '$(hostname -s)' does not resolve; add it to /etc/hosts"
   stop_daemons  # leftovers of a half-started cluster in DIR
   [[ -f $DIR/munge/munge.key ]] || mungekey --create --keyfile "$DIR/munge/munge.key" --force
   munged --force --socket "$DIR/munge/munge.socket" --key-file "$DIR/munge/munge.key" \

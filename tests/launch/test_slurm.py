@@ -264,3 +264,14 @@ def test_cpu_partition_without_gpu_gres(env, chain):
     assert not re.search(r"^#SBATCH .*(gpu|gres)", sbatch, re.M)  # and the job asks for none
     assert exit_code(rec) == (0, 0)
     assert "8 cpu device(s), 2 process(es)" in (run_dir / "logs" / f"{job}-0.log").read_text()
+
+
+def test_a_platform_that_is_not_there_is_exit_2_with_the_tasks_line(tmp_path, env):
+    run_dir = tmp_path / "run"
+    job = submit({**env, "JAX_PLATFORMS": "cuda"}, run_dir)  # the user's choice reaches the tasks as is
+    rec = wait_end(env, job)
+    assert (rec["JobState"], exit_code(rec)) == ("FAILED", (2, 0)), output(run_dir, job)
+    lines = [l for l in output(run_dir, job).splitlines() if l.startswith("launch/slurm.sbatch: ")]
+    assert len(lines) == 1 and re.match(r"launch/slurm\.sbatch: task [01]: deqdist info: error: JAX_PLATFORMS=cuda",
+                                        lines[0]), lines
+    assert not (run_dir / "metrics.jsonl").exists()  # the preflight stopped it before training
