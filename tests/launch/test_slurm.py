@@ -122,6 +122,13 @@ def trainers(job: str) -> dict[int, int]:
     return found
 
 
+def send(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:  # it ended meanwhile; the caller sees that
+        pass
+
+
 def wait_trainers(env: dict, job: str, ready=lambda: True, what: str = "the trainers") -> dict[int, int]:
     """The two trainer pids once `ready()` holds while both run, stopped (SIGSTOP): the caller continues them."""
     deadline = time.monotonic() + JOB_TIMEOUT
@@ -129,11 +136,11 @@ def wait_trainers(env: dict, job: str, ready=lambda: True, what: str = "the trai
         pids = trainers(job)
         if len(pids) == 2 and ready():
             for pid in pids.values():
-                os.kill(pid, signal.SIGSTOP)
+                send(pid, signal.SIGSTOP)
             if trainers(job) == pids:  # both still there, now held
                 return pids
             for pid in pids.values():
-                os.kill(pid, signal.SIGCONT)
+                send(pid, signal.SIGCONT)
         state = record(env, "job", job)["JobState"]
         assert state in ("PENDING", "CONFIGURING", "RUNNING"), f"job {job} is {state} before {what}"
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
@@ -196,11 +203,8 @@ def time_limit_sigterm(env: dict, run_dir: Path, after_step: int) -> tuple[str, 
     while not all(signalled(pid, signal.SIGTERM) for pid in pids.values()):
         assert time.monotonic() < deadline, "no SIGTERM from the time limit within 120 s"
         time.sleep(0.2)
-    for pid in pids.values():
-        try:
-            os.kill(pid, signal.SIGCONT)
-        except ProcessLookupError:  # already done: slurmstepd continued it with the SIGTERM
-            pass
+    for pid in pids.values():  # slurmstepd may have continued them with the SIGTERM already
+        send(pid, signal.SIGCONT)
     return job, wait_end(env, job)
 
 
