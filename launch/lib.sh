@@ -75,3 +75,14 @@ reject_launcher_flags() {  # the launcher owns the multi-host flags
     esac
   done
 }
+
+# The step of the newest sealed checkpoint in RUN_DIR/checkpoints (deqdist writes the checksum
+# manifest once a save is whole); nothing if there is none, also when the folder does not exist.
+newest_checkpoint() {  # newest_checkpoint RUN_DIR
+  local m s best=''
+  for m in "$1"/checkpoints/*/deqdist.sha256.json; do
+    s=${m%/*} && s=${s##*/}
+    if [[ -f $m && $s =~ ^[0-9]+$ ]] && { [[ -z $best ]] || (( 10#$s > 10#$best )); }; then best=$s; fi
+  done
+  echo "$best"
+}

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-BASH = ["tpu_vm.sh", "gpu_docker.sh", "slurm.sbatch"]
+BASH = ["tpu_vm.sh", "gpu_docker.sh", "slurm.sbatch", "slurm_cluster.sh", "slurm_task.sh"]
 
 
 def launch(name: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -54,6 +54,9 @@ def test_help(name):
     ("tpu_vm.sh", ["run", "--name", "a", "--zone", "z", "--poll", "0", "--", "--run-dir", "/r"], "--poll"),
     ("slurm.sbatch", ["--dry-run", "--", "parallel.data=2"], "--run-dir"),
     ("slurm.sbatch", ["--", "--run-dir", "/r"], "sbatch"),
+    ("slurm_cluster.sh", [], "give a command"),
+    ("slurm_cluster.sh", ["start", "--nodes", "2"], "unknown argument"),
+    ("slurm_task.sh", ["--", "true"], "srun"),
 ])
 def test_bad_arguments_are_one_line_exit_2(tmp_path, name, args, says):
     p = launch(name, *args, cwd=tmp_path)
@@ -171,9 +174,14 @@ def test_slurm_dry_run():
     assert train[train.index("deqdist.cli") + 1:] == ["train", "--distributed", "--run-dir", "/shared/r",
                                                       "--config", "configs/small.yaml"]
     assert "--output=/shared/r/logs/JOBID-%t.log" in train
+    task = train[train.index("--output=/shared/r/logs/JOBID-%t.log") + 1:train.index("--")]
+    assert Path(task[0]).name == "slurm_task.sh" and task[1:] == ["--exit-file", "/shared/r/logs/JOBID-"]
+    assert srun[-2][srun[-2].index("deqdist.cli") + 1:] == ["info", "--distributed", "--run-dir", "/shared/r",
+                                                          "--config", "configs/small.yaml"]
     head = (ROOT / "launch" / "slurm.sbatch").read_text()
     assert re.search(r"^#SBATCH --signal=TERM@\d+$", head, re.M)
-    assert re.search(r"^#SBATCH --gpus-per-task=1$", head, re.M)
+    # No GPU request and no platform by default: a CPU partition works, the user's JAX_PLATFORMS is kept.
+    assert not re.search(r"^#SBATCH .*(gpu|gres)", head, re.M) and not re.search(r"^\s*export .*JAX_PLATFORMS=", head, re.M)
 
 
 @pytest.mark.parametrize("name", [*BASH, "lib.sh"])
