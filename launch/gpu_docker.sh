@@ -181,7 +181,7 @@ start train "" train "${TRAIN[@]}"
 rc=0
 wait_all || rc=$?
 if [[ $rc != 0 && $rc != 3 && $rc != 2 ]]; then
-  step=$(find "$RUN_DIR/checkpoints" -mindepth 2 -maxdepth 2 -name deqdist.sha256.json -printf '%h\n' 2>/dev/null | sed 's|.*/||' | sort -n | tail -1) || true
+  step=$(newest_checkpoint "$RUN_DIR")
   fail "a container failed (exit $rc, JAX aborted or it was killed; logs in $LOG_DIR); newest complete checkpoint: step ${step:-none} in $RUN_DIR/checkpoints; resume with the same command: $PROG $(quote "${ARGS[@]}")"
 fi
 exit "$rc"
