@@ -179,18 +179,45 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def _labels(n_unroll: int, models: str | None) -> dict[str, str]:
+    """Model name -> table label, in run order: the issue's main comparisons first, so that an
+    interrupted bench has them."""
+    labels = {"deq": "DEQ", "reversible-6": "reversible, n=6", "explicit-xk": "explicit twin (x k)",
+              "explicit": f"explicit twin (x{n_unroll})",
+              **{f"reversible-{n}": f"reversible, n={n}" for n in REVERSIBLE_STEPS if n != 6}}
+    if models is None:
+        return labels
+    wanted = [m.strip() for m in models.split(",") if m.strip()]
+    if not wanted or "deq" not in wanted or any(m not in labels for m in wanted):
+        raise ConfigError(f"--models {models!r}: give deq and any of {', '.join(m for m in labels if m != 'deq')}, "
+                          f"comma-separated")
+    return {k: v for k, v in labels.items() if k in wanted}
+
+
+def _model_overrides(name: str, steps: int, deq_fevals: float | None) -> tuple[list[str], str]:
+    """(overrides, run directory name) of one model of the bench."""
+    if name == "explicit-xk":
+        k = max(int(round(deq_fevals)), 1)
+        return [f"train.warmup_explicit_steps={steps}", f"train.n_unroll={k}"], f"explicit-x{k}"
+    if name == "explicit":
+        return [f"train.warmup_explicit_steps={steps}"], name
+    if name.startswith("reversible"):
+        # Trained as what it is from the first step: it needs no warm-up and no Jacobian term.
+        return [f"solver.grad=reversible", f"solver.reversible.steps={name.split('-')[1]}",
+                "train.warmup_explicit_steps=0", "train.jac_reg_every=0"], name
+    return [], name
+
+
 def run(preset: str = "tiny", steps: int | None = None, run_dir: str | None = None,
         overrides: Sequence[str] = (), seeds: int = 3, models: str | None = None) -> str:
     """Train the DEQ, its twins and the reversible mode (`steps` each, default the preset's) for
     `seeds` seeds and compare them; `overrides` (dotted key=value) apply to every run. `models`:
-    a comma-separated subset of MODELS (default: all; explicit-xk needs deq, which the table compares against).
+    a comma-separated subset of MODELS (default: all; deq is always needed, the rest compare with it).
 
     Run directories are kept under `run_dir` when given (deq/, explicit/, explicit-x<k>/,
     reversible-<n>/; under seed<i>/ with more than one seed), e.g. for
     `deqdist bench model --run-dir RUN_DIR/deq`; else a temporary one.
     """
-    from ..train.loop import run_train
-
     cfg_path = presets.path(preset)
     overrides = list(overrides) + ([f"train.steps={steps}"] if steps is not None else [])
     cfg = load_config(cfg_path, overrides)
@@ -198,63 +225,59 @@ def run(preset: str = "tiny", steps: int | None = None, run_dir: str | None = No
     if steps <= warmup:
         raise ConfigError(f"--steps {steps} leaves no DEQ steps after the {warmup}-step "
                           f"explicit warm-up of {preset}; give more steps")
+    labels = _labels(cfg.train.n_unroll, models)
     common = overrides + [f"train.steps={steps}", "train.log_every=1", "logging.progress=off", "logging.tensorboard=false",
               "logging.sample_tokens=0", "checkpoint.every=0"]
-    tokens_per_step = cfg.data.global_batch_size * cfg.model.seq_len
-    rev = lambda n: [f"solver.grad=reversible", f"solver.reversible.steps={n}", "train.warmup_explicit_steps=0",
-                     "train.jac_reg_every=0"]
-    # Run order: the issue's main comparisons first, so that an interrupted bench has them.
-    labels = {"deq": "DEQ", "reversible-6": "reversible, n=6", "explicit-xk": "explicit twin (x k)",
-              "explicit": f"explicit twin (x{cfg.train.n_unroll})",
-              **{f"reversible-{n}": f"reversible, n={n}" for n in REVERSIBLE_STEPS if n != 6}}
-    if models is not None:
-        wanted = [m.strip() for m in models.split(",") if m.strip()]
-        bad = [m for m in wanted if m not in labels]
-        if bad or not wanted or "deq" not in wanted:
-            raise ConfigError(f"--models {models!r}: give deq and any of {', '.join(m for m in labels if m != 'deq')}, "
-                              f"comma-separated")
-        labels = {k: v for k, v in labels.items() if k in wanted}
     rows: dict[str, list[dict]] = {label: [] for label in labels.values()}
-    memory: dict[tuple, float] = {}
     with tempfile.TemporaryDirectory(prefix="deqdist-bench-lm-") as tmp:
         base = Path(run_dir) if run_dir is not None else Path(tmp)
         if run_dir is not None and base.exists() and any(base.iterdir()):
             raise ConfigError(f"{base} exists and is not empty; give a new --run-dir (the bench trains from scratch)")
-        first = None
+        bench = _Bench(cfg_path, base, steps, cfg.data.global_batch_size * cfg.model.seq_len, run_dir is not None)
         for seed in range(seeds):
-            where = base if seeds == 1 else base / f"seed{seed}"
             seeded = common + [f"train.seed={seed}", f"data.seed={seed}"]
-            for name in labels:
-                if name == "explicit-xk":
-                    k = max(int(round(rows["DEQ"][-1]["fwd_fevals"])), 1)
-                    extra, name_dir = [f"train.warmup_explicit_steps={steps}", f"train.n_unroll={k}"], f"explicit-x{k}"
-                elif name == "explicit":
-                    extra, name_dir = [f"train.warmup_explicit_steps={steps}"], name
-                else:
-                    extra, name_dir = (rev(int(name.split("-")[1])) if name.startswith("reversible") else []), name
-                r = _train_one(run_train, cfg_path, where / name_dir, seeded + extra, steps, tokens_per_step)
-                mode = "explicit" if name.startswith("explicit") else "deq"
-                key = (mode, tuple(extra))
-                if key not in memory:
-                    memory[key] = _temp_mib(load_config(cfg_path, seeded + extra), mode)
-                r["temp_mib"] = memory[key]
-                if name == "explicit-xk":
-                    r["k"] = k
-                rows[labels[name]].append(r)
-                _say(f"bench lm: seed {seed} {name_dir}: test bpb {r['test_bpb']:.4f}, "
-                     f"{_fmt(r.get('ms_step'), '.0f')} ms/step, temp {r['temp_mib']:.1f} MiB, f-evals "
-                     f"{_fmt(r.get('fwd_fevals'), '.1f')} / {_fmt(r.get('bwd_fevals'), '.1f')}")
-                if run_dir is not None:
-                    with open(base / "bench.jsonl", "a") as fh:
-                        fh.write(json.dumps({"seed": seed, "model": name_dir, **r}) + "\n")
-            if first is None and "explicit" in labels:
-                first = (rows["DEQ"][0], rows[labels["explicit"]][0])
+            for name, label in labels.items():
+                deq_fevals = rows["DEQ"][-1]["fwd_fevals"] if rows["DEQ"] else None
+                extra, name_dir = _model_overrides(name, steps, deq_fevals)
+                where = base if seeds == 1 else base / f"seed{seed}"
+                rows[label].append(bench.train(where / name_dir, seeded + extra, seed, name))
     ks = sorted({r["k"] for r in rows.get("explicit twin (x k)", [])})
     rows = {("explicit twin (x k = " + "/".join(map(str, ks)) + ")" if lab == "explicit twin (x k)" else lab): v
             for lab, v in rows.items()}
-    detail = "" if first is None else "\n" + report(*first, preset=preset, steps=steps, warmup=warmup,
-                                                    n_unroll=cfg.train.n_unroll, max_iter=cfg.solver.fwd.max_iter)
-    return comparison(rows, preset=preset, steps=steps, seeds=seeds) + detail
+    out = comparison(rows, preset=preset, steps=steps, seeds=seeds)
+    if "explicit" in labels:
+        out += "\n" + report(rows["DEQ"][0], rows[labels["explicit"]][0], preset=preset, steps=steps, warmup=warmup,
+                             n_unroll=cfg.train.n_unroll, max_iter=cfg.solver.fwd.max_iter)
+    return out
+
+
+class _Bench:
+    """Trains one model of the bench, measures its compiled step's memory (once per configuration),
+    says its figures and appends them to bench.jsonl."""
+
+    def __init__(self, cfg_path: Path, base: Path, steps: int, tokens_per_step: int, keep: bool):
+        self.cfg_path, self.base, self.steps, self.tokens_per_step, self.keep = cfg_path, base, steps, tokens_per_step, keep
+        self.memory: dict[tuple, float] = {}
+
+    def train(self, d: Path, overrides: list[str], seed: int, name: str) -> dict:
+        from ..train.loop import run_train
+
+        r = _train_one(run_train, self.cfg_path, d, overrides, self.steps, self.tokens_per_step)
+        mode = "explicit" if name.startswith("explicit") else "deq"
+        cfg = load_config(self.cfg_path, overrides)
+        key = (mode, tuple(o for o in overrides if not o.startswith(("train.seed=", "data.seed="))))
+        if key not in self.memory:
+            self.memory[key] = _temp_mib(cfg, mode)
+        r["temp_mib"] = self.memory[key]
+        if name == "explicit-xk":
+            r["k"] = cfg.train.n_unroll
+        _say(f"bench lm: seed {seed} {d.name}: test bpb {r['test_bpb']:.4f}, {_fmt(r.get('ms_step'), '.0f')} ms/step, "
+             f"temp {r['temp_mib']:.1f} MiB, f-evals {_fmt(r.get('fwd_fevals'), '.1f')} / "
+             f"{_fmt(r.get('bwd_fevals'), '.1f')}")
+        if self.keep:
+            with open(self.base / "bench.jsonl", "a") as fh:
+                fh.write(json.dumps({"seed": seed, "model": d.name, **r}) + "\n")
+        return r
 
 
 def _train_one(run_train, cfg_path: Path, d: Path, overrides: list[str], steps: int, tokens_per_step: int) -> dict:
