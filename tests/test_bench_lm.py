@@ -105,7 +105,7 @@ def test_comparison_answers_per_seed():
     text = comparison(rows, preset="tiny", steps=400, seeds=2)
     cells = {r[0]: r[1:] for r in ([c.strip() for c in l.strip("|").split("|")] for l in text.splitlines()
                                     if l.startswith("| "))}
-    assert cells["reversible, n=6"] == ["2.6200 ± 0.0283", "2.6400 / 2.6000", "90", "26.0", "12.0 / 12.0", "0.100"]
+    assert cells["reversible, n=6"] == ["2.6200 ± 0.0283", "2.6400 / 2.6000", "90", "26.0", "12.0 / 12.0", "1.0e-01"]
     assert "- reversible, n=6 vs DEQ: lower test bpb in 2/2 seeds, step time no more in 2/2, temp memory no more -> met" in text
     assert "- reversible, n=8 vs DEQ: lower test bpb in 1/1 seeds, step time no more in 0/1" in text and "MISSED" in text
     assert "- DEQ vs twin at matched work: DEQ lower test bpb in 1/2 seeds" in text

@@ -141,7 +141,7 @@ def comparison(rows: dict[str, list[dict]], *, preset: str, steps: int, seeds: i
         body.append([label, _spread(bpb), " / ".join(f"{b:.4f}" for b in bpb), _fmt(mean("ms_step"), ".0f"),
                      _fmt(runs[0].get("temp_mib"), ".1f"),
                      _fmt(mean("fwd_fevals"), ".1f") + " / " + _fmt(mean("bwd_fevals"), ".1f"),
-                     _fmt(mean("fwd_rel_res"), ".3f")])
+                     _fmt(mean("fwd_rel_res"), ".1e")])
     deq = rows.get("DEQ", [])
     goals = []
     for label, runs in rows.items():
