@@ -255,6 +255,9 @@ def _add_bench(commands) -> None:
     p.add_argument("--preset", choices=presets.names(), help="model preset (model, parallel, integrity, lm)")
     p.add_argument("--batch", type=int, help="batch size (model, parallel, integrity)")
     p.add_argument("--steps", type=int, help="training steps of each model (lm; default: the preset's)")
+    p.add_argument("--seeds", type=int, help="lm: seeds per model, for mean and spread (default 3)")
+    p.add_argument("--models", metavar="A,B", help="lm: which models to train (default all: deq, explicit, "
+                   "explicit-xk, reversible-4, reversible-6, reversible-8)")
     p.add_argument("--run-dir", metavar="DIR", help="a run's latest checkpoint: trained parameters (generate, "
                    "model), a batch drawn through it (parallel); lm: keep the two runs in DIR/deq and DIR/explicit")
     _add_overrides(p, "lm: " + OVERRIDES_HELP + " (both runs)")
@@ -271,7 +274,7 @@ def _bench(args) -> int:
     mod = importlib.import_module(name)
     accepted = inspect.signature(mod.run).parameters
     kwargs = {}
-    for k in ("repeats", "preset", "batch", "steps", "run_dir"):
+    for k in ("repeats", "preset", "batch", "steps", "run_dir", "seeds", "models"):
         v = getattr(args, k)
         if v is None:
             continue

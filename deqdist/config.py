@@ -183,6 +183,9 @@ class Config:
         _wrap(self.solver.fwd.validate, "solver.fwd: ")
         _wrap(self.solver.bwd.validate, "solver.bwd: ")
         _wrap(self.solver.validate, "")
+        if self.solver.grad == "reversible":
+            for key in ("dtype", "state_dtype"):  # the reversal is exact only if neither rounds too coarsely
+                _wrap(lambda: self.solver.reversible.check_dtype(getattr(self.model, key), f"model.{key}"), "")
         _wrap(self.parallel.validate, "")
         _wrap(self.data.validate, "")
         self.train.validate()

@@ -6,6 +6,10 @@
   onestep   Jacobian-free: g = dL/dz* (J_f treated as zero),
 then pulls g back to `params` and `x`. z0 never receives a gradient.
 
+`grad="reversible"` replaces the root finder as well (deqdist/reversible.py): a coupled
+iteration that is inverted step by step in the backward pass, the exact gradient of
+the iteration that ran with O(1) activation memory; it is not an equilibrium solve.
+
 Backward-solve statistics are returned as data, with no callbacks: pass a
 `bwd_sink` (zeros from `backward_sink(B)`) and differentiate with respect to it;
 its "gradient" is the backward solve's per-sample stats.
@@ -22,10 +26,12 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from .reversible import ReversibleConfig, reversible_solve
 from .solvers import SampleReduce, SolverConfig, SolveStats, solve
 
-GRAD_MODES = ("implicit", "phantom", "onestep")
-SINK_FIELDS = ("nstep", "abs_residual", "rel_residual", "converged", "loop_iters")
+GRAD_MODES = ("implicit", "phantom", "onestep", "reversible")
+# recon_error: the reversible backward's reconstruction error (0 for the other modes).
+SINK_FIELDS = ("nstep", "abs_residual", "rel_residual", "converged", "loop_iters", "recon_error")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +41,7 @@ class DEQConfig:
     grad: str = "implicit"
     phantom_steps: int = 5
     phantom_damping: float = 0.5
+    reversible: ReversibleConfig = ReversibleConfig()
 
     def validate(self) -> "DEQConfig":
         if self.grad not in GRAD_MODES:
@@ -43,6 +50,8 @@ class DEQConfig:
             raise ValueError("deq phantom_steps must be >= 1 and phantom_damping in (0, 1]")
         self.fwd.validate()
         self.bwd.validate()
+        if self.grad == "reversible":
+            self.reversible.validate()
         return self
 
 
@@ -58,6 +67,8 @@ def deq(f: Callable[[Any, jax.Array, Any], jax.Array], params: Any, x: Any, z0: 
     cfg.validate()
     if bwd_sink is None:
         bwd_sink = backward_sink(z0.shape[0])
+    if cfg.grad == "reversible":
+        return reversible_solve(f, cfg.reversible, reduce, params, x, jax.lax.stop_gradient(z0), bwd_sink)
     return _deq(f, cfg, reduce, params, x, jax.lax.stop_gradient(z0), bwd_sink)
 
 

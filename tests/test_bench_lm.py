@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from deqdist import cli
-from deqdist.bench.lm import report, summarize
+from deqdist.bench.lm import comparison, report, summarize
 
 # 10 steps: 4 explicit warm-up, 6 DEQ; a model small enough to compile quickly.
 SHRUNK = ["model.d_model=32", "model.n_heads=2", "model.d_mlp=64", "model.seq_len=32", "data.global_batch_size=8",
@@ -25,9 +25,16 @@ def _cli(*args, timeout=600):
 
 def test_bench_lm_trains_both_models_and_bench_model_reads_the_checkpoint(tmp_path):
     out = tmp_path / "bench"
-    p = _cli("bench", "lm", "--steps", 10, "--run-dir", out, *SHRUNK)
+    p = _cli("bench", "lm", "--steps", 10, "--run-dir", out, "--seeds", 1, "--models", "deq,explicit,reversible-4",
+             *SHRUNK)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "| DEQ " in p.stdout and "| explicit twin (x12)" in p.stdout and "within 1% of the twin" in p.stdout
+    assert "| reversible, n=4" in p.stdout and "- reversible, n=4 vs DEQ: lower test bpb in " in p.stdout
+    assert "bench lm: seed 0 reversible-4: test bpb" in p.stderr
+    rev = [json.loads(l) for l in (out / "reversible-4" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["fwd_fevals"] == 8.0 and r["deq"] == 1.0 for r in rev if r["kind"] == "train")
+    rows = [json.loads(l) for l in (out / "bench.jsonl").read_text().splitlines()]
+    assert [r["model"] for r in rows] == ["deq", "explicit", "reversible-4"] and all(r["temp_mib"] > 0 for r in rows)
     deq = json.loads((out / "deq" / "results.json").read_text())
     twin = json.loads((out / "explicit" / "results.json").read_text())
     assert deq["step"] == twin["step"] == 10
@@ -38,7 +45,7 @@ def test_bench_lm_trains_both_models_and_bench_model_reads_the_checkpoint(tmp_pa
     assert all(r["deq"] == 0.0 for r in recs if r["kind"] == "train")
 
     # Same directory again: refused before anything is trained or written.
-    p = _cli("bench", "lm", "--steps", 10, "--run-dir", out, *SHRUNK)
+    p = _cli("bench", "lm", "--steps", 10, "--run-dir", out, "--seeds", 1, *SHRUNK)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "exists" in p.stderr
 
     p = _cli("bench", "model", "--run-dir", out / "deq", "--repeats", 1)
@@ -52,6 +59,9 @@ def test_bench_lm_trains_both_models_and_bench_model_reads_the_checkpoint(tmp_pa
     (["bench", "lm", "--steps", "0"], "--steps must be a positive integer"),
     (["bench", "lm", "--steps", "50"], "leaves no DEQ steps after the 50-step explicit warm-up"),
     (["bench", "model", "--run-dir", "/nonexistent/run"], "/nonexistent/run"),
+    (["bench", "lm", "--models", "explicit,reversible-5"], "--models 'explicit,reversible-5': give deq and any of"),
+    (["bench", "lm", "--seeds", "0"], "--seeds must be a positive integer"),
+    (["bench", "solvers", "--seeds", "2"], "takes no --seeds"),
 ])
 def test_bench_bad_usage_is_one_line_exit_2(capsys, argv, message):
     assert cli.main(argv) == 2
@@ -83,3 +93,20 @@ def test_summary_windows_and_goals():
     text = report(deq, twin, preset="tiny", steps=steps, warmup=warmup, n_unroll=12, max_iter=30)
     assert "+0.40% -> met" in text and "1.60x (goal <= 1.5x) -> MISSED" in text
     assert "worst 3.1% (goal <= 1%) -> MISSED" in text
+
+
+def test_comparison_answers_per_seed():
+    run = lambda bpb, ms, mib, f: {"test_bpb": bpb, "ms_step": ms, "temp_mib": mib, "fwd_fevals": f, "bwd_fevals": f,
+                                   "fwd_rel_res": 0.1}
+    rows = {"DEQ": [run(2.70, 120, 88, 9.2), run(2.69, 125, 88, 9.4)],
+            "explicit twin (x k = 9)": [run(2.72, 100, 200, 9), run(2.68, 100, 200, 9)],
+            "reversible, n=6": [run(2.64, 90, 26, 12), run(2.60, 90, 26, 12)],
+            "reversible, n=8": [run(2.65, 130, 26, 16)]}
+    text = comparison(rows, preset="tiny", steps=400, seeds=2)
+    cells = {r[0]: r[1:] for r in ([c.strip() for c in l.strip("|").split("|")] for l in text.splitlines()
+                                    if l.startswith("| "))}
+    assert cells["reversible, n=6"] == ["2.6200 ± 0.0283", "2.6400 / 2.6000", "90", "26.0", "12.0 / 12.0", "1.0e-01"]
+    assert "- reversible, n=6 vs DEQ: lower test bpb in 2/2 seeds, step time no more in 2/2, temp memory no more -> met" in text
+    assert "- reversible, n=8 vs DEQ: lower test bpb in 1/1 seeds, step time no more in 0/1" in text and "MISSED" in text
+    assert "- DEQ vs twin at matched work: DEQ lower test bpb in 1/2 seeds" in text
+    assert "PARTIAL: 1 of 2 seeds" in text

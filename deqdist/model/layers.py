@@ -40,7 +40,7 @@ def _const(value):
 
 
 class LayerNorm(nnx.Module):
-    """LayerNorm over the last axis, computed in float32, returned in the input dtype."""
+    """LayerNorm over the last axis, computed in float32 (float64 for float64 inputs), returned in the input dtype."""
 
     def __init__(self, dim: int, *, eps: float, scale_init: float = 1.0, dtype=jnp.float32):
         self.eps = eps
@@ -48,12 +48,13 @@ class LayerNorm(nnx.Module):
         self.bias = named_param(None, _const(0.0), (dim,), ("embed",), dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x32 = x.astype(jnp.float32)
+        at = jnp.promote_types(x.dtype, jnp.float32)
+        x32 = x.astype(at)
         mean = x32.mean(-1, keepdims=True)
         xc = x32 - mean
         var = jnp.mean(xc * xc, -1, keepdims=True)
         y = xc * jax.lax.rsqrt(var + self.eps)
-        y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+        y = y * self.scale[...].astype(at) + self.bias[...].astype(at)
         return y.astype(x.dtype)
 
 
@@ -63,14 +64,16 @@ def rope(x: jax.Array, base: float) -> jax.Array:
 
 
 def rope_at(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
-    """Rotary position embedding of x (B, S, H, Dh) at `positions`, broadcastable to (B, S)."""
+    """Rotary position embedding of x (B, S, H, Dh) at `positions`, broadcastable to (B, S); computed in
+    float32 (float64 for float64 inputs)."""
     dh = x.shape[-1]
     half = dh // 2
-    inv_freq = 1.0 / (base ** (jnp.arange(half, dtype=jnp.float32) / half))
-    ang = jnp.asarray(positions, jnp.float32)[..., None] * inv_freq  # (B|1, S, half)
+    at = jnp.promote_types(x.dtype, jnp.float32)
+    inv_freq = 1.0 / (base ** (jnp.arange(half, dtype=at) / half))
+    ang = jnp.asarray(positions, at)[..., None] * inv_freq  # (B|1, S, half)
     cos = jnp.cos(ang)[:, :, None, :]
     sin = jnp.sin(ang)[:, :, None, :]
-    x32 = x.astype(jnp.float32)
+    x32 = x.astype(at)
     x1, x2 = x32[..., :half], x32[..., half:]
     out = jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
     return out.astype(x.dtype)

@@ -1,6 +1,7 @@
 """Evaluation over a split: a fresh eval iterator, the compiled eval step, summed on the host."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -32,6 +33,18 @@ def evaluate(steps: Steps, params: Any, corpus: Corpus, cfg: Config, split: str,
     res["windows"] = n * cfg.data.global_batch_size
     res["split_windows"] = eval_num_windows(len(corpus.split(split)), cfg.data.seq_len)
     return res
+
+
+def fixed_point_steps(steps: Steps) -> Steps:
+    """`steps` with the forward solve to equilibrium (solver.fwd, implicit gradients): a reversible
+    model's parameters scored at the fixed point of their block, for comparison."""
+    cfg = dataclasses.replace(steps.cfg, solver=dataclasses.replace(steps.cfg.solver, grad="implicit"))
+    return Steps(cfg, steps.spec, steps.batch_sharding, steps.solve, steps.unroll)
+
+
+def reversible_note(cfg: Config) -> str:
+    r = cfg.solver.reversible
+    return f"reversible: {r.steps} coupled steps at b={r.b:g} on whole windows, no fixed point assumed"
 
 
 def summarize_eval(sums: dict[str, float], kind: str) -> dict[str, float]:

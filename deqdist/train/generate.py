@@ -12,6 +12,11 @@ Two paths, each one compiled `fori_loop` over the new tokens:
   last `model.seq_len` tokens, a fixed-size slice of one buffer; positions
   after the current one hold padding, which causal attention never reads.
 
+A model trained with `solver.grad: reversible` always takes the windowed path: its
+coupled iteration runs a fixed number of steps and reaches no equilibrium, so there
+is no fixed point of one position for a cache of earlier positions to hold
+(`decoding_path` says which path a call takes).
+
 Within the first `model.seq_len` positions both sample from the same fixed
 points (to solver tolerance). Both report, for every sampled token, the
 iterations and relative residual of the solve that produced its logits (for
@@ -118,13 +123,30 @@ def _check_prompts(prompts: Sequence[Sequence[int]], S: int) -> list[list[int]]:
     return out
 
 
+def uses_cache(cfg: Config, cache: bool) -> bool:
+    """Whether decoding takes the KV-cached path: asked for, and the model has equilibria to cache."""
+    return cache and cfg.solver.grad != "reversible"
+
+
+def decoding_path(cfg: Config, cache: bool) -> str:
+    """The path a call with `cache` takes, in words (for the user)."""
+    if uses_cache(cfg, cache):
+        return "KV cache"
+    if cfg.solver.grad == "reversible":
+        return (f"windowed re-solve: {cfg.solver.reversible.steps} reversible steps per token; a reversible "
+                f"model reaches no fixed point, so no KV-cached decoding")
+    return "windowed re-solve"
+
+
 def make_sampler(spec: StateSpec, cfg: Config, n_new: int, *, cache: bool = True):
     """`sample(params, prompts, temperature=, seed=) -> Generation`: the `n_new` ids that follow
     each prompt (each truncated to its last model.seq_len ids), compiled once per batch size.
 
-    `cache=False` re-solves the window for every token, one prompt after another.
+    `cache=False` (and a reversible model, see `uses_cache`) re-solves the window for every token,
+    one prompt after another.
     """
     S = cfg.model.seq_len
+    cache = uses_cache(cfg, cache)
     compiled: dict[int, Any] = {}
 
     def cached(params, prompts, key, temp):

@@ -27,8 +27,8 @@ from deqdist.train import rundir
 from deqdist.train import checkpoint
 from deqdist.train.checkpoint import Checkpoints
 from deqdist.train.lock import RunDirLocked, RunLock, check_unlocked
-from deqdist.train.evaluate import coverage, evaluate
-from deqdist.train.generate import generate, generate_batch
+from deqdist.train.evaluate import coverage, evaluate, fixed_point_steps, reversible_note
+from deqdist.train.generate import decoding_path, generate, generate_batch
 from deqdist.train.hooks import (BadSteps, Checkpointer, CompileTimer, Evaluate, LogMetrics, Preempted, Spectral,
                                   StepInfo, StopAfter, Throughput, WarmupDone, run_hooks, say_stop)
 from deqdist.train.metrics import MetricsSink, Progress, finite_or_null, summary
@@ -326,14 +326,22 @@ def run_eval(run_dir: Path, overrides: Sequence[str], *, splits: Sequence[str], 
     corpus = load_data(cfg)
     rundir.check_corpus(run_dir, corpus.info())
     session, state, step = open_run(run_dir, overrides)
+    # A reversible model is scored as it ran (its coupled steps, on windows) and, for comparison, at
+    # the fixed point solver.fwd finds for the same parameters.
+    fixed_point = fixed_point_steps(session.steps) if cfg.solver.grad == "reversible" else None
     try:
         out = {"step": step}
         for split in splits:
             mb = batches if batches is not None else (cfg.data.eval_batches if split == "valid" else cfg.train.test_batches)
             res = evaluate(session.steps, state["params"], corpus, cfg, split, mode="deq", max_batches=mb)
             out[split] = res
-            _say(f"step {step} {split} ({res['batches']} batches, {int(res['tokens']):,} tokens, {coverage(res)}): "
+            how = f", {reversible_note(cfg)}" if fixed_point else ""
+            _say(f"step {step} {split} ({res['batches']} batches, {int(res['tokens']):,} tokens, {coverage(res)}{how}): "
                  f"{summary(res, ('loss', 'bpb', 'ppl', 'fwd_iters', 'fwd_hit_max'))}")
+            if fixed_point is not None:
+                res["fixed_point"] = fp = evaluate(fixed_point, state["params"], corpus, cfg, split, max_batches=mb)
+                _say(f"step {step} {split} at the fixed point ({cfg.solver.fwd.method}, tol {cfg.solver.fwd.tol:g}): "
+                     f"{summary(fp, ('loss', 'bpb', 'ppl', 'fwd_iters', 'fwd_hit_max'))}")
         _say(json.dumps(finite_or_null(out), allow_nan=False))
     finally:
         session.close()
@@ -370,6 +378,6 @@ def run_generate(run_dir: Path, overrides: Sequence[str], *, prompt: str | None,
             print(decode(prompt_ids) + decode(ids), flush=True)
         else:
             print(" ".join(str(i) for i in list(prompt_ids) + ids), flush=True)
-        path = "KV cache" if cache else "windowed re-solve"
+        path = decoding_path(cfg, cache)
         print(f"generate ({path}, {len(ids)} tokens): {gen.summary()}", file=sys.stderr, flush=True)
     return 0

@@ -51,6 +51,23 @@ def _solver_metrics(prefix: str, nstep, rel, max_iter: int, converged=None) -> d
     return out
 
 
+def _feval_metrics(grad: str, fwd_nstep, bwd_nstep) -> dict[str, jax.Array]:
+    """Mean evaluations of f per sample in the forward, and of f's VJP in the backward."""
+    fwd, bwd = fwd_nstep.astype(jnp.float32), bwd_nstep.astype(jnp.float32)
+    if grad == "reversible":  # two f per coupled step; undone with two f and two VJPs per step
+        f, g = 2 * fwd, 2 * bwd
+    else:  # the solver's first evaluation, then one per iteration; implicit: adjoint map + pull-back
+        f, g = fwd + 1, bwd + 2 if grad == "implicit" else bwd
+    return {"fwd_fevals": jnp.mean(f), "bwd_fevals": jnp.mean(g)}
+
+
+def _max_steps(cfg: Config) -> tuple[int, int]:
+    """(forward, backward) step limits: the solvers' max_iter, or the reversible mode's steps."""
+    if cfg.solver.grad == "reversible":
+        return cfg.solver.reversible.steps, cfg.solver.reversible.steps
+    return cfg.solver.fwd.max_iter, cfg.solver.bwd.max_iter
+
+
 def _replica_metrics(prefix: str, loop_iters) -> dict[str, jax.Array]:
     # loop_iters repeats each replica's loop count on its rows (equal rows per replica), so
     # the row mean is the mean over replicas; their max is what global lockstep would run.
@@ -147,7 +164,7 @@ class Steps:
     def _build_train(self, mode: str, jac: bool) -> Callable:
         cfg, spec = self.cfg, self.spec
         tx, schedule = spec.tx, spec.schedule
-        fwd_max, bwd_max = cfg.solver.fwd.max_iter, cfg.solver.bwd.max_iter
+        fwd_max, bwd_max = _max_steps(cfg)
         max_div = cfg.train.max_diverged_frac
         deterministic = cfg.model.dropout == 0 and cfg.model.emb_dropout == 0
 
@@ -173,8 +190,13 @@ class Steps:
                                                backward["converged"] if cfg.solver.grad == "implicit" else None))
                 metrics.update(_replica_metrics("fwd", st.loop_iters))
                 metrics.update(_replica_metrics("bwd", backward["loop_iters"]))
+                metrics.update(_feval_metrics(cfg.solver.grad, st.nstep, backward["nstep"]))
+                if cfg.solver.grad == "reversible":
+                    metrics["bwd_recon_err"] = jnp.mean(backward["recon_error"])
+                    metrics["bwd_recon_err_max"] = jnp.max(backward["recon_error"])
             else:
                 metrics["explicit_rel_res"] = jnp.mean(aux["rel_residual"])
+                metrics["fwd_fevals"] = metrics["bwd_fevals"] = jnp.float32(cfg.train.n_unroll)
             if jac:
                 metrics["jac_loss"] = aux["jac_loss"]
             new = {"step": state["step"] + 1, "rng": state["rng"], "params": params, "opt_state": opt_state}
@@ -193,7 +215,7 @@ class Steps:
 
     def _build_eval(self, mode: str) -> Callable:
         spec = self.spec
-        fwd_max = self.cfg.solver.fwd.max_iter
+        fwd_max = _max_steps(self.cfg)[0]
 
         def eval_fn(params, batch):
             logits, aux = self._forward(params, batch["inputs"], mode=mode, key=None, deterministic=True, jac=False)

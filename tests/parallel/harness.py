@@ -2,6 +2,8 @@
 on one device or a mesh, shared by the parallel tests and the multi-host worker."""
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -27,6 +29,9 @@ def config(cfg: DEQConfig, sizes=(1, 1, 1), *, lockstep: str = "sample", batch: 
            dcn: int = 1) -> Config:
     """The tiny preset with `cfg`'s solvers on a (data, fsdp, tensor) mesh of `sizes`."""
     solver = [f"solver.{d}.{k}={getattr(getattr(cfg, d), k)}" for d in ("fwd", "bwd") for k in ("method", "max_iter", "tol")]
+    if cfg.grad == "reversible":
+        solver += [f"solver.reversible.{k}={'null' if v is None else v}"
+                   for k, v in dataclasses.asdict(cfg.reversible).items()]
     data, fsdp, tensor = sizes
     return load_config(presets.path("tiny"), MODEL + solver + [
         f"solver.grad={cfg.grad}", f"model.seq_len={seq}", f"data.global_batch_size={batch}",
