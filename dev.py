@@ -22,10 +22,13 @@ STAMP = VENV / ".deqdist-installed"
 
 def extras(cmd: str) -> str:
     # Tests also take the `tpu` extra (libtpu, about 210 MB) so the `deqdist compile` tests run; libtpu
-    # ships for Linux x86-64 only, and elsewhere those tests skip. `train` stays without it.
-    if cmd == "test" and sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64"):
-        return "test,tpu"
-    return "test"
+    # ships for Linux x86-64 only, and elsewhere those tests skip. Tests also take `prepare` (tokenizers,
+    # pyarrow) so the BPE and parquet tests of `deqdist prepare` run. `train` stays without both.
+    if cmd != "test":
+        return "test"
+    if sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64"):
+        return "test,prepare,tpu"
+    return "test,prepare"
 
 
 def ensure_env(cmd: str) -> None:
