@@ -7,10 +7,10 @@ processes. Results are consumed in submission order, so the shards are the
 same bytes for any number of workers. At most 2 batches per worker are in
 flight, so memory does not grow with the corpus.
 
-Pieces: a document longer than `piece_chars` is cut after a newline that is
-followed by a non-space character, where GPT-2's byte-level pre-split breaks
-anyway, so the pieces encode to the same ids as the whole document (a line
-longer than the limit is cut hard). No encode call ever sees more than one
+Pieces: a document longer than `piece_chars` is cut before a single space or
+newline between two non-space characters, where GPT-2's byte-level pre-split
+starts a new word anyway, so the pieces encode to the same ids as the whole
+document (a stretch of `piece_chars` with no such place is cut hard). No encode call ever sees more than one
 piece: nothing is quadratic in the document length.
 
 Resume: every shard is written atomically and then recorded, with the position
@@ -25,6 +25,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import re
 import signal
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -48,14 +49,16 @@ def split_of(text: str, seed: int, fractions: Sequence[float]) -> str:
     return "train" if u < fractions[0] else "valid" if u < fractions[0] + fractions[1] else "test"
 
 
+_CUT = re.compile(r"(?<=\S)[ \n](?=\S)")
+
+
 def pieces(text: str, limit: int) -> list[str]:
+    """`text` in pieces of at most `limit` characters, each cut just before a lone space or newline
+    between two non-space characters: the pre-split starts a new word there anyway."""
     out, start = [], 0
     while len(text) - start > limit:
-        cut = start + limit
-        i = text.rfind("\n", start + limit // 2, cut)
-        while i >= 0 and (i + 1 >= len(text) or text[i + 1].isspace()):
-            i = text.rfind("\n", start + limit // 2, i)
-        cut = i + 1 if i >= 0 else cut
+        cuts = [m.start() for m in _CUT.finditer(text, start + limit // 2, start + limit)]
+        cut = cuts[-1] if cuts else start + limit
         out.append(text[start:cut])
         start = cut
     out.append(text[start:])
