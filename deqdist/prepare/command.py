@@ -142,6 +142,8 @@ def prepare(opts: Options) -> dict:
     check_out(opts.out)
     sources = inputs.expand(list(opts.inputs))
     digests = [inputs.file_digest(s) for s in sources]
+    for s in sources:
+        inputs.check_field(s, opts.field)
     setting = settings(opts, sources, digests)
     key = hashlib.sha256(json.dumps(setting, sort_keys=True).encode()).hexdigest()
     codec = make_codec(opts, sources, key)

@@ -140,9 +140,10 @@ def _text_docs(src: Source) -> Iterator[tuple[str, int]]:
         yield _utf8(raw, src.path, 0, bool(src.compression)), len(raw)
 
 
-def _jsonl_docs(src: Source, field: str) -> Iterator[tuple[str, int]]:
+def _jsonl_docs(src: Source, field: str, lines=None) -> Iterator[tuple[str, int]]:
     offset = 0
-    for lineno, line in enumerate(_read_bytes(src).splitlines(keepends=True), 1):
+    lines = _read_bytes(src).splitlines(keepends=True) if lines is None else lines
+    for lineno, line in enumerate(lines, 1):
         start, offset = offset, offset + len(line)
         if not line.strip():
             continue
@@ -190,6 +191,20 @@ def _is_utf8(raw: bytes) -> bool:
 
 def _bad_row(path: Path, row: int, field: str):
     raise PrepareError(f"{path}: row {row} of binary column {field!r} is not valid UTF-8; convert it to UTF-8 text")
+
+
+def check_field(src: Source, field: str) -> None:
+    """PrepareError now if the first record of a .jsonl/.parquet input lacks `field` (before anything is written)."""
+    if src.format == "jsonl":
+        opener = COMPRESSED.get(src.compression or "", open)
+        try:
+            with opener(src.path, "rb") as f:
+                first = next((line for line in f if line.strip()), b"")
+        except (OSError, EOFError, lzma.LZMAError):
+            return  # reported with its reason when the file is read
+        next(_jsonl_docs(src, field, [first]), None)
+    elif src.format == "parquet":
+        next(_parquet_docs(src, field), None)
 
 
 def documents(src: Source, field: str) -> Iterator[tuple[str, int]]:
