@@ -146,6 +146,10 @@ def prepare(opts: Options) -> dict:
         inputs.check_field(s, opts.field)
     setting = settings(opts, sources, digests)
     key = hashlib.sha256(json.dumps(setting, sort_keys=True).encode()).hexdigest()
+    earlier = [n for n in (shards.PROGRESS, manifest.MANIFEST) if (opts.out / n).is_file()]
+    if earlier and not _same_key(opts.out, key):
+        raise PrepareError(f"--out {opts.out} holds a `deqdist prepare` of other inputs or settings; give a new "
+                           f"--out, or delete {opts.out} to replace it")
     codec = make_codec(opts, sources, key)
     dtype = tokenizer.dtype_for(codec.vocab_size)
     opts.out.mkdir(parents=True, exist_ok=True)

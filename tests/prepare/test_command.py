@@ -51,3 +51,12 @@ def test_bad_input_exits_2_with_one_line(tmp_path, inputs, args, want):
     assert r.returncode == 2, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and want in r.stderr, r.stderr
     assert not (tmp_path / "o").exists() and [p.name for p in (tmp_path / "foreign").iterdir()] == ["notes.txt"]
+
+
+def test_other_inputs_never_overwrite_a_prepared_directory(tmp_path, inputs, bytes_dir):
+    d = tmp_path / "d"
+    run_prepare([inputs["jsonl"]], d)
+    before = shard_bytes(d)
+    r = cli("prepare", inputs["tree"], "--out", d, "--quiet")
+    assert r.returncode == 2 and "holds a `deqdist prepare` of other inputs or settings" in r.stderr, r.stderr
+    assert shard_bytes(d) == before == shard_bytes(bytes_dir)
