@@ -97,10 +97,10 @@ class BPECodec:
 
 def train_bpe(texts: Iterable[str], vocab_size: int) -> BPECodec:
     """A byte-level BPE with `vocab_size` ids (id 0 = <|endoftext|>) trained on `texts`."""
-    tk = require("tokenizers", "training a BPE tokenizer (--vocab-size)")
     if not 256 + 1 < vocab_size <= MAX_VOCAB:
         raise PrepareError(f"--vocab-size {vocab_size} must be above 257 (the 256 bytes and {ENDOFTEXT}); "
                            f"use --bytes for a byte-level corpus")
+    tk = require("tokenizers", "training a BPE tokenizer (--vocab-size)")
     tok = tk.Tokenizer(tk.models.BPE())
     # use_regex=True is GPT-2's pre-split: merges never cross a word/space boundary.
     tok.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)

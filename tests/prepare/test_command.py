@@ -60,3 +60,27 @@ def test_other_inputs_never_overwrite_a_prepared_directory(tmp_path, inputs, byt
     r = cli("prepare", inputs["tree"], "--out", d, "--quiet")
     assert r.returncode == 2 and "holds a `deqdist prepare` of other inputs or settings" in r.stderr, r.stderr
     assert shard_bytes(d) == before == shard_bytes(bytes_dir)
+
+
+BLOCKED = ("import sys; sys.modules['tokenizers'] = sys.modules['pyarrow'] = None; "  # as if not installed
+           "from deqdist.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
+def test_without_the_prepare_extra(tmp_path, inputs, bytes_dir):
+    import subprocess
+    import sys
+
+    from preputil import ROOT
+
+    run = lambda *a: subprocess.run([sys.executable, "-c", BLOCKED, *map(str, a)], cwd=ROOT, capture_output=True,
+                                    text=True, timeout=300)
+    r = run("prepare", inputs["jsonl"], "--out", tmp_path / "bpe", "--vocab-size", 300, "--quiet")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "needs the Python package 'tokenizers'; install it with: pip install 'deqdist[prepare]'" in r.stderr
+    assert not (tmp_path / "bpe").exists()
+    # Byte-level needs neither package, to prepare or to verify.
+    r = run("prepare", inputs["jsonl"], "--out", tmp_path / "b", "--shard-tokens", SHARD, "--split-fractions",
+            ",".join(map(str, FRACTIONS)), "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert shard_bytes(tmp_path / "b") == shard_bytes(bytes_dir)
+    assert run("prepare", "--verify", tmp_path / "b").returncode == 0
