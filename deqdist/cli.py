@@ -268,7 +268,8 @@ def _add_prepare(commands) -> None:
     p.add_argument("--field", default="text", metavar="NAME", help="text field of .jsonl/.parquet records "
                    "(default: text)")
     p.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 8), metavar="N",
-                   help="tokenizing processes (default: CPU count, at most 8); the output does not depend on it")
+                   help="tokenizing processes (default: CPU count, at most 8; 0: in this process); the output does "
+                   "not depend on it")
     p.add_argument("--split-fractions", default="0.98,0.01,0.01", metavar="T,V,S", help="train,valid,test "
                    "shares, chosen per document by a seeded hash of its text (default 0.98,0.01,0.01)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split hash and the tokenizer's sample")

@@ -102,7 +102,8 @@ def test_two_processes_read_disjoint_windows(tmp_path, bpe_dir):
 TRAIN = ["model.vocab_size=600", "model.d_model=32", "model.n_heads=4", "model.d_mlp=64", "model.seq_len=32",
          "data.global_batch_size=8", "data.eval_batches=1", "train.test_batches=1", "train.steps=2",
          "train.warmup_steps=1", "train.warmup_explicit_steps=1", "train.eval_every=0", "checkpoint.every=1",
-         "logging.progress=off", "logging.sample_tokens=0", "solver.max_iter=4", "solver.bwd.max_iter=4"]
+         "logging.progress=off", "logging.sample_tokens=0", "solver.max_iter=4", "solver.bwd.max_iter=4",
+         "train.jac_reg_every=0"]
 
 
 def test_train_start_refuses_damage_and_vocab_with_one_line(tmp_path, bpe_dir):
