@@ -137,8 +137,8 @@ def _say(opts: Options, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def prepare(opts: Options) -> dict:
-    """Prepare opts.inputs into opts.out; returns the manifest."""
+def _check_inputs(opts: Options) -> tuple[list, list, dict, str]:
+    """(sources, their (size, sha256), the settings, their key); PrepareError before anything is written."""
     check_out(opts.out)
     sources = inputs.expand(list(opts.inputs))
     digests = [inputs.file_digest(s) for s in sources]
@@ -150,6 +150,12 @@ def prepare(opts: Options) -> dict:
     if earlier and not _same_key(opts.out, key):
         raise PrepareError(f"--out {opts.out} holds a `deqdist prepare` of other inputs or settings; give a new "
                            f"--out, or delete {opts.out} to replace it")
+    return sources, digests, setting, key
+
+
+def prepare(opts: Options) -> dict:
+    """Prepare opts.inputs into opts.out; returns the manifest."""
+    sources, digests, setting, key = _check_inputs(opts)
     codec = make_codec(opts, sources, key)
     dtype = tokenizer.dtype_for(codec.vocab_size)
     opts.out.mkdir(parents=True, exist_ok=True)
@@ -188,7 +194,8 @@ def prepare(opts: Options) -> dict:
 
 def _head(opts, setting, key, codec, dtype, sources, digests) -> dict:
     return {
-        "format": manifest.FORMAT, "version": manifest.VERSION, "command": {"prog": "deqdist prepare", **dict(opts.command)},
+        "format": manifest.FORMAT, "version": manifest.VERSION,
+        "command": {"prog": "deqdist prepare", **dict(opts.command)},
         "tokenizer": {
             "kind": codec.kind, "sha256": codec.sha256, "vocab_size": codec.vocab_size, "bos": codec.bos,
             "bos_id": codec.bos_id, "eos_id": None,
