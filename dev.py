@@ -24,13 +24,14 @@ def extras(cmd: str) -> list[str]:
     """`train` installs deqdist alone, as a newcomer's `pip install deqdist` does; tests add their extras.
 
     Tests also take the `tpu` extra (libtpu, about 210 MB) so the `deqdist compile` tests run; libtpu
-    ships for Linux x86-64 only, and elsewhere those tests skip.
+    ships for Linux x86-64 only, and elsewhere those tests skip. They also take `prepare` (tokenizers,
+    pyarrow) so the BPE and parquet tests of `deqdist prepare` run.
     """
     if cmd != "test":
         return []
     if sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64"):
-        return ["test", "tpu"]
-    return ["test"]
+        return ["test", "prepare", "tpu"]
+    return ["test", "prepare"]
 
 
 def ensure_env(cmd: str) -> None:

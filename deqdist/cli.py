@@ -30,7 +30,7 @@ import sys
 from deqdist import presets
 from deqdist.errors import UserError
 
-BENCHES = ("solvers", "model", "parallel", "generate", "integrity", "lm")
+BENCHES = ("solvers", "model", "parallel", "generate", "integrity", "lm", "prepare")
 OVERRIDES_HELP = "dotted overrides, e.g. solver.max_iter=20 train.steps=100 parallel.tensor=4"
 CONFIG_HELP = "YAML config file or preset name (" + ", ".join(presets.names()) + ")"
 
@@ -50,7 +50,7 @@ def build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
     top = _Parser(prog="deqdist", description="Deep Equilibrium Transformers on many devices.",
                   epilog="`deqdist COMMAND --help` describes a command.")
     commands = top.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
-    for add in (_add_train, _add_eval, _add_generate, _add_config, _add_info, _add_compile, _add_bench):
+    for add in (_add_train, _add_eval, _add_generate, _add_config, _add_info, _add_compile, _add_prepare, _add_bench):
         add(commands)
     return top, commands.choices
 
@@ -245,6 +245,45 @@ def _compile(args) -> int:
 
     return run_compile(args.config, args.overrides, topology=args.topology, slices=args.slices,
                        variants_text=args.variants, json_path=args.json)
+
+
+def _add_prepare(commands) -> None:
+    p = commands.add_parser("prepare", help="tokenize a corpus into verified token shards (data.corpus=DIR)",
+                            description="Train or load a tokenizer and write INPUT... as token shards with a "
+                            "manifest to DIR (train with data.corpus=DIR); or check DIR with --verify. Running "
+                            "the same command again resumes, keeping the shards that verify.")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="text files (one document each), directories, "
+                   ".jsonl or .parquet files (one document per record), optionally .gz/.bz2/.xz; prefix "
+                   "valid=/test=/train= to put all of an input in that split")
+    p.add_argument("--out", metavar="DIR", help="output directory (new, empty, or an interrupted prepare)")
+    p.add_argument("--verify", metavar="DIR", help="check a prepared directory against its manifest and exit")
+    tok = p.add_mutually_exclusive_group()
+    tok.add_argument("--vocab-size", type=int, metavar="N", help="train a byte-level BPE of N ids "
+                     "(needs: pip install 'deqdist[prepare]')")
+    tok.add_argument("--tokenizer", metavar="FILE", help="use this tokenizer.json (HF tokenizers)")
+    tok.add_argument("--bytes", action="store_true", help="byte-level, 256 ids, no dependency (the default)")
+    p.add_argument("--bos", metavar="TOKEN", help="with --tokenizer: token put before every document (default "
+                   "<|endoftext|> if it has one)")
+    p.add_argument("--no-bos", action="store_true", help="with --tokenizer: put no token before documents")
+    p.add_argument("--field", default="text", metavar="NAME", help="text field of .jsonl/.parquet records "
+                   "(default: text)")
+    p.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 8), metavar="N",
+                   help="tokenizing processes (default: CPU count, at most 8; 0: in this process); the output does "
+                   "not depend on it")
+    p.add_argument("--split-fractions", default="0.98,0.01,0.01", metavar="T,V,S", help="train,valid,test "
+                   "shares, chosen per document by a seeded hash of its text (default 0.98,0.01,0.01)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split hash and the tokenizer's sample")
+    p.add_argument("--shard-tokens", type=int, default=1 << 26, metavar="N", help="ids per shard (default 2^26)")
+    p.add_argument("--sample-bytes", type=int, default=256 << 20, metavar="N", help="cap on the text a BPE is "
+                   "trained on (default 256 MiB)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or messages on stderr")
+    p.set_defaults(run=_prepare)
+
+
+def _prepare(args) -> int:
+    from deqdist.prepare.command import run_prepare
+
+    return run_prepare(args)
 
 
 def _add_bench(commands) -> None:

@@ -48,7 +48,7 @@ def test_config_prints_the_resolved_yaml(capsys, tmp_path):
     (["bench", "everything"], "deqdist bench: error: argument what: invalid choice: 'everything'"),
     (["bench", "parallel", "--run-dir", "/nope"], "deqdist bench: error: run directory /nope does not exist"),
     (["bench", "solvers", "--run-dir", "/nope"], "deqdist bench: error: `deqdist bench solvers` takes no --run-dir"),
-    (["fit"], "deqdist: error: unknown command 'fit'; use one of train, eval, generate, config, info, compile, bench"),
+    (["fit"], "deqdist: error: unknown command 'fit'; use one of train, eval, generate, config, info, compile, prepare, bench"),
 ])
 def test_bad_usage_is_one_line_exit_2(capsys, argv, message):
     assert cli.main(argv) == 2

@@ -10,6 +10,7 @@ config layer (which composes DataConfig) stays cheap.
 from deqdist.data.config import DataConfig
 from deqdist.data.corpus import Corpus, decode
 from deqdist.data.errors import DataError
+from deqdist.data.prepared import corpus_codec
 from deqdist.data.sources import load_corpus
 
 _LAZY = {
@@ -21,7 +22,7 @@ _LAZY = {
     "to_global": "deqdist.data.device_put",
 }
 
-__all__ = ["Corpus", "DataConfig", "DataError", "decode", "load_corpus", *_LAZY]
+__all__ = ["Corpus", "DataConfig", "DataError", "corpus_codec", "decode", "load_corpus", *_LAZY]
 
 
 def __getattr__(name):

@@ -10,7 +10,7 @@ from deqdist.data.tokens import parse_dtype
 
 @dataclasses.dataclass
 class DataConfig:
-    corpus: str = "builtin"  # "builtin", a text file/dir, enwik8, or .bin/.npy tokens
+    corpus: str = "builtin"  # "builtin", a text file/dir, enwik8, .bin/.npy tokens, or a `deqdist prepare` dir
     seq_len: int = 256
     global_batch_size: int = 32  # summed over all hosts; each host reads 1/process_count
     seed: int = 0  # window order and per-epoch offsets; same seed -> same batches

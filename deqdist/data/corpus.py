@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -22,7 +23,10 @@ class Corpus:
     an external tokenizer we know nothing about). `sha256` is the content hash
     where it comes for free (built-in and directory corpora, whose cache file
     is hashed while it is written); it is None for files used in place, whose
-    hashing would cost a full read at every start.
+    hashing would cost a full read at every start. A prepared directory
+    (deqdist prepare) gives its fingerprint as `sha256`, its tokenizer as
+    `codec` (encode/decode text), and each split's `bytes_per_token` of the
+    original text, so its loss is also reported in bits per byte.
     """
 
     train: np.ndarray
@@ -33,6 +37,9 @@ class Corpus:
     sha256: str | None = None
     kind: str = "bytes"
     source: str = ""
+    codec: Any = None
+    bytes_per_token: dict | None = None
+    tokenizer: dict | None = None
 
     def split(self, name: str) -> np.ndarray:
         name = {"val": "valid", "validation": "valid"}.get(name, name)
@@ -53,9 +60,31 @@ class Corpus:
             "dtype": str(self.train.dtype),
             "sizes": self.sizes(),
             "sha256": self.sha256,
+            **({"tokenizer": self.tokenizer, "bytes_per_token": self.bytes_per_token} if self.tokenizer else {}),
         }
 
+    def text_codec(self) -> bool:
+        """True if ids can be turned into text and back (bytes, or a prepared corpus's tokenizer)."""
+        return self.kind == "bytes" or self.codec is not None
+
+    def bpt(self, split: str) -> float | None:
+        """Bytes of original text per token of a split (1 for bytes; None if unknown)."""
+        if self.kind == "bytes":
+            return 1.0
+        v = (self.bytes_per_token or {}).get({"val": "valid", "validation": "valid"}.get(split, split))
+        return float(v) if v and math.isfinite(v) else None
+
+    def encode(self, text: str) -> list[int]:
+        """A prompt as ids: a document's start (a prepared BPE corpus puts its BOS first)."""
+        if self.codec is not None:
+            return self.codec.document(text)
+        if self.kind != "bytes":
+            raise DataError(f"corpus {self.name!r} holds tokenizer ids from an unknown tokenizer; give ids instead")
+        return list(text.encode("utf-8"))
+
     def decode(self, ids) -> str:
+        if self.codec is not None:
+            return self.codec.decode(ids)
         if self.kind != "bytes":
             raise DataError(
                 f"corpus {self.name!r} holds tokenizer ids, not bytes; decode them with the tokenizer that made them"

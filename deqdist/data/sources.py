@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from deqdist.data import text, tokens
+from deqdist.data import prepared, text, tokens
 from deqdist.data.builtin import builtin_corpus
 from deqdist.data.corpus import DEFAULT_FRACTIONS, Corpus, check_fractions
 from deqdist.data.errors import DataError
@@ -26,6 +26,7 @@ def load_corpus(
     - a file named `enwik8` of exactly 1e8 bytes: the standard 90M/5M/5M split.
     - a `.bin` (raw ids of `token_dtype`) or `.npy` file: tokens, split by
       `split_fractions` into contiguous spans.
+    - a directory made by `deqdist prepare` (it has manifest.json): its shards, verified.
     - a directory with train.bin/val.bin/test.bin (or .npy): those splits.
     - any other file: bytes, contiguous spans; any other directory: bytes of
       all its files, each file assigned to a split by a hash of its path.
@@ -46,6 +47,8 @@ def load_corpus(
         )
     path = path.resolve()
     if path.is_dir():
+        if prepared.is_prepared(path):
+            return prepared.prepared_corpus(path, vocab_size)
         files = tokens.find_splits(path)
         if files:
             return tokens.dir_corpus(path, files, token_dtype, vocab_size)

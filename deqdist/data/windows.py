@@ -88,6 +88,9 @@ class WindowReader:
         self.seq_len = seq_len
 
     def __call__(self, starts) -> dict[str, np.ndarray]:
+        if hasattr(self.array, "windows"):  # several shards back to back (data.prepared.ShardedTokens)
+            w = self.array.windows(starts, self.seq_len + 1).astype(np.int32)
+            return {"inputs": np.ascontiguousarray(w[:, :-1]), "targets": np.ascontiguousarray(w[:, 1:])}
         view = np.lib.stride_tricks.sliding_window_view(self.array, self.seq_len + 1)
         # Fancy indexing a strided view copies only the rows asked for.
         w = np.asarray(view[np.asarray(starts, dtype=np.int64)]).astype(np.int32)

@@ -28,7 +28,7 @@ def evaluate(steps: Steps, params: Any, corpus: Corpus, cfg: Config, split: str,
         totals = out if not totals else jax.tree.map(lambda a, b: a + b, totals, out)
         n += 1
     sums = {k: float(v) for k, v in jax.device_get(totals).items()}
-    res = summarize_eval(sums, corpus.kind)
+    res = summarize_eval(sums, corpus.kind, corpus.bpt(split))
     res["batches"] = n
     res["windows"] = n * cfg.data.global_batch_size
     res["split_windows"] = eval_num_windows(len(corpus.split(split)), cfg.data.seq_len)
@@ -47,11 +47,12 @@ def reversible_note(cfg: Config) -> str:
     return f"reversible: {r.steps} coupled steps at b={r.b:g} on whole windows, no fixed point assumed"
 
 
-def summarize_eval(sums: dict[str, float], kind: str) -> dict[str, float]:
-    """Sums over batches -> loss (nats/token), bits per byte (byte corpora) or perplexity, solver means."""
+def summarize_eval(sums: dict[str, float], kind: str, bytes_per_token: float | None = None) -> dict[str, float]:
+    """Sums over batches -> loss (nats/token), bits per byte (byte corpora, or text bytes per token known)
+    and/or perplexity, solver means."""
     n = max(sums.get("tokens", 0.0), 1.0)
     loss = sums["nll"] / n
-    out = {"loss": loss, "tokens": sums.get("tokens", 0.0), **loss_scores(loss, kind)}
+    out = {"loss": loss, "tokens": sums.get("tokens", 0.0), **loss_scores(loss, kind, bytes_per_token)}
     if "fwd_iters" in sums:
         s = max(sums["samples"], 1.0)
         out["fwd_iters"] = sums["fwd_iters"] / s

@@ -129,8 +129,9 @@ class LogMetrics(Hook):
 
     at_end = True
 
-    def __init__(self, every: int, kind: str, throughput: Throughput, write: Callable, show: Callable):
-        self.every, self.kind, self.throughput = every, kind, throughput
+    def __init__(self, every: int, kind: str, throughput: Throughput, write: Callable, show: Callable,
+                 bytes_per_token: float | None = None):
+        self.every, self.kind, self.throughput, self.bytes_per_token = every, kind, throughput, bytes_per_token
         self.write, self.show = write, show
         self.window: list = []
 
@@ -144,7 +145,7 @@ class LogMetrics(Hook):
         m["loss"] = float(np.mean(losses[bad == 0])) if (bad == 0).any() else float("nan")
         m.pop("bad", None)
         m["bad_steps"] = float(bad.sum())
-        m.update(loss_scores(m["loss"], self.kind))
+        m.update(loss_scores(m["loss"], self.kind, self.bytes_per_token))
         rate = self.throughput.rate(info.step)
         if rate is not None:
             m["tok_s"] = rate

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from deqdist.config import Config
-from deqdist.data import Corpus, DataError, eval_iterator, load_corpus, to_global, train_iterator
+from deqdist.data import Corpus, DataError, corpus_codec, eval_iterator, load_corpus, to_global, train_iterator
 from deqdist.train import rundir
 from deqdist.train import checkpoint
 from deqdist.train.checkpoint import Checkpoints
@@ -243,7 +243,7 @@ def _hooks(session: Session, corpus: Corpus, start: int, stop_after: int | None,
                                                              progress, cfg.data.eval_batches)
     return CompileTimer(progress.write, throughput), [
         Spectral(t.spectral_every, steps.spectral_step, sink.write),
-        LogMetrics(t.log_every, corpus.kind, throughput, sink.write, progress.log),
+        LogMetrics(t.log_every, corpus.kind, throughput, sink.write, progress.log, corpus.bpt("train")),
         BadSteps(t.log_every, t.max_bad_steps, run_dir, checkpointer.last_sealed),
         Evaluate(t.eval_every, t.steps, evaluate_valid, throughput),
         checkpointer,
@@ -273,8 +273,8 @@ def _finish(session: Session, state, corpus: Corpus, step: int, sink: MetricsSin
     res_test = _eval_and_log(session, state, corpus, "test", step, mode, sink, _Printer(), cfg.train.test_batches)
     log_cfg = cfg.logging
     sample = None
-    if log_cfg.sample_tokens > 0 and corpus.kind == "bytes":
-        ids = generate(session.spec, cfg, state["params"], list(log_cfg.sample_prompt.encode("utf-8")) or [10],
+    if log_cfg.sample_tokens > 0 and corpus.text_codec():
+        ids = generate(session.spec, cfg, state["params"], corpus.encode(log_cfg.sample_prompt) or [10],
                        log_cfg.sample_tokens, temperature=log_cfg.sample_temperature, seed=cfg.train.seed)
         sample = log_cfg.sample_prompt + corpus.decode(ids)
     if _primary():
@@ -285,9 +285,11 @@ def _finish(session: Session, state, corpus: Corpus, step: int, sink: MetricsSin
         else:
             _say(f"test perplexity: {res_test['ppl']:.2f} (loss {res_test['loss']:.4f} nats/token over "
                  f"{int(res_test['tokens']):,} tokens, {coverage(res_test)} of the test split; "
-                 f"valid {res_valid['ppl']:.2f})")
+                 f"valid {res_valid['ppl']:.2f})"
+                 + (f"; test bits/byte of text: {res_test['bpb']:.4f}" if "bpb" in res_test else ""))
         if sample is not None:
-            _say(f"sample (temperature {log_cfg.sample_temperature}, {log_cfg.sample_tokens} bytes, prompt {log_cfg.sample_prompt!r}):")
+            _say(f"sample (temperature {log_cfg.sample_temperature}, {log_cfg.sample_tokens} "
+                 f"{'bytes' if corpus.kind == 'bytes' else 'tokens'}, prompt {log_cfg.sample_prompt!r}):")
             _say("-" * 60 + "\n" + sample + "\n" + "-" * 60)
         results = {"step": step, "valid": res_valid, "test": res_test, "sample": sample, "corpus": corpus.info()}
         rundir.write_json(session.run_dir / rundir.RESULTS, results)
@@ -354,11 +356,13 @@ def run_generate(run_dir: Path, overrides: Sequence[str], *, prompt: str | None,
     cfg = rundir.resolve_for_run(run_dir, overrides)
     info = rundir.read_json(run_dir / rundir.CORPUS, {})
     kind = info.get("kind", "bytes") if isinstance(info, dict) else "bytes"
+    codec = corpus_codec(cfg.data.corpus)  # a prepared corpus's tokenizer: text in, text out
+    text = ""
     if prompt_ids is None:
-        if kind != "bytes":
+        if kind != "bytes" and codec is None:
             raise rundir.RunDirError(f"{run_dir} was trained on tokenizer ids, not bytes; pass --prompt-ids 1,2,3")
         text = cfg.logging.sample_prompt if prompt is None else prompt
-        prompt_ids = list(text.encode("utf-8"))
+        prompt_ids = codec.document(text) if codec is not None else list(text.encode("utf-8"))
         if not prompt_ids:
             raise rundir.RunDirError("--prompt is empty; give at least one character")
     bad = [i for i in prompt_ids if not 0 <= i < cfg.model.vocab_size]
@@ -372,7 +376,9 @@ def run_generate(run_dir: Path, overrides: Sequence[str], *, prompt: str | None,
     finally:
         session.close()
     if _primary():
-        if kind == "bytes":
+        if codec is not None:
+            print((text or codec.decode(prompt_ids)) + codec.decode(ids), flush=True)
+        elif kind == "bytes":
             from deqdist.data import decode
 
             print(decode(prompt_ids) + decode(ids), flush=True)

@@ -22,11 +22,15 @@ from typing import Any, Mapping
 from deqdist.atomic import write_atomic
 
 
-def loss_scores(loss: float, kind: str) -> dict[str, float]:
-    """Bits per byte of a byte corpus's mean loss (nats), else the perplexity (capped so exp cannot overflow)."""
+def loss_scores(loss: float, kind: str, bytes_per_token: float | None = None) -> dict[str, float]:
+    """Bits per byte of a byte corpus's mean loss (nats), else the perplexity (capped so exp cannot overflow)
+    and, where the bytes of text per token are known (a prepared corpus), also bits per byte of that text."""
     if kind == "bytes":
         return {"bpb": loss / math.log(2)}
-    return {"ppl": math.exp(min(loss, 700.0))}
+    out = {"ppl": math.exp(min(loss, 700.0))}
+    if bytes_per_token:
+        out["bpb"] = loss / math.log(2) / bytes_per_token
+    return out
 
 
 class MetricsSink:

@@ -159,6 +159,13 @@ def check_corpus(run_dir: Path, info: dict) -> None:
     if not isinstance(old, dict):
         raise RunDirError(f"{run_dir / CORPUS} is damaged (not a JSON object); move it aside (deqdist writes it "
                           f"afresh)")
+    if old.get("tokenizer") and old.get("sha256") != info.get("sha256"):
+        raise RunDirError(
+            f"{run_dir} was trained on the prepared corpus {old.get('name')!r} with fingerprint "
+            f"{str(old.get('sha256'))[:16]}, but data.corpus {info.get('source')!r} now has fingerprint "
+            f"{str(info.get('sha256'))[:16]} (other text, tokenizer or shards); resume with the corpus it was "
+            f"trained on, or use a new --run-dir"
+        )
     same_hash = old.get("sha256") and info.get("sha256") and old["sha256"] == info["sha256"]
     if old.get("sha256") and info.get("sha256") and not same_hash:
         raise RunDirError(
