@@ -40,6 +40,12 @@ def blockwise_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, block: 
     Scores and softmax statistics are float32 (float64 for float64 inputs); probabilities are cast to v's dtype for the
     value product (as `jax.nn.dot_product_attention` does), the accumulator is float32.
     """
+    # The scope names its ops in the compiled program, so `deqdist compile` can count attention's FLOPs.
+    with jax.named_scope("attention"):
+        return _blockwise(q, k, v, block)
+
+
+def _blockwise(q: jax.Array, k: jax.Array, v: jax.Array, block: int) -> jax.Array:
     b, s, h, dh = q.shape
     block = min(block, s)  # a short sequence is one block, not a padded one
     n = -(-s // block)

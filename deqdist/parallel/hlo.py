@@ -119,3 +119,49 @@ def solver_loop_groups(hlo: str, state_shape: tuple[int, ...]) -> list[list[tupl
 
 def has_buffer(hlo: str, shape: tuple[int, ...], dtype: str = "f32") -> bool:
     return f"{dtype}[{','.join(map(str, shape))}]" in hlo
+
+
+_DEF = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = \w+\[([\d,]*)\]")
+_DOT = re.compile(r"=\s*\w+\[([\d,]*)\]\S*\s+dot\(%?([\w.\-]+), %?([\w.\-]+)\).*?lhs_contracting_dims=\{([\d,]*)\}")
+_TRIPS = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+_ENTRY = re.compile(r"^ENTRY %?([\w.\-]+) ", re.M)
+
+
+def _dims(s: str) -> list[int]:
+    return [int(d) for d in s.split(",") if d]
+
+
+def dot_flops(hlo: str, scope: str | None = None) -> float:
+    """FLOPs of the dot products one run of the program executes (2 per multiply-add), each
+    counted once per trip of every enclosing loop whose trip count XLA knows (scans); a loop
+    with a data-dependent trip count (a solver) counts one iteration. With `scope`, only dots
+    whose op_name metadata contains it (a `jax.named_scope`).
+
+    XLA's cost_analysis counts every loop body once, so it cannot see a change in a scan's
+    trip count (e.g. blockwise attention skipping masked tiles); this count can.
+    """
+    comps = computations(hlo)
+    memo: dict[str, float] = {}
+
+    def flops(name: str) -> float:
+        if name in memo or name not in comps:
+            return memo.get(name, 0.0)
+        memo[name] = 0.0  # a computation never calls itself; guards malformed input
+        shapes = {m.group(1): _dims(m.group(2)) for line in comps[name] if (m := _DEF.match(line))}
+        total = 0.0
+        for line in comps[name]:
+            dot = _DOT.search(line)
+            if dot and (scope is None or scope in line) and dot.group(2) in shapes:
+                lhs = shapes[dot.group(2)]
+                total += 2.0 * math.prod(_dims(dot.group(1))) * math.prod(lhs[d] for d in _dims(dot.group(4)))
+            loop = _WHILE.search(line)
+            if loop:
+                trips = _TRIPS.search(line)
+                total += flops(loop.group(3)) * (int(trips.group(1)) if trips else 1)
+            else:
+                total += sum(flops(c) for c in _callees(line))
+        memo[name] = total
+        return total
+
+    entry = _ENTRY.search(hlo)
+    return flops(entry.group(1)) if entry else 0.0
