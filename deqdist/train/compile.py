@@ -31,6 +31,7 @@ import jax
 
 from deqdist.bench.common import table
 from deqdist.config import Config, ConfigError, load_config
+from deqdist.parallel.flops import dot_flops
 from deqdist.parallel.hlo import solver_loops
 from deqdist.train.step import Steps
 
@@ -99,11 +100,13 @@ def variants(cfg: Config, wanted: Sequence[str]) -> list[Variant]:
     t = cfg.train
     jac_on = t.jac_reg_every > 0 and t.jac_reg_weight > 0
     deq_phase = t.warmup_explicit_steps < t.steps
+    # Reversible training runs its coupled iteration where the DEQ would solve: same step, own name.
+    solve = (f"reversible n={cfg.solver.reversible.steps}" if cfg.solver.grad == "reversible" else "deq")
     every = {
         "warmup": Variant(f"explicit x{t.n_unroll} (warm-up)", "explicit", False, t.n_unroll,
                           t.warmup_explicit_steps > 0),
-        "deq": Variant("deq", "deq", False, t.n_unroll, deq_phase and (not jac_on or t.jac_reg_every > 1)),
-        "deq+jac": Variant("deq + jacobian term", "deq", True, t.n_unroll, deq_phase and jac_on),
+        "deq": Variant(solve, "deq", False, t.n_unroll, deq_phase and (not jac_on or t.jac_reg_every > 1)),
+        "deq+jac": Variant(f"{solve} + jacobian term", "deq", True, t.n_unroll, deq_phase and jac_on),
         "twin12": Variant("explicit twin x12", "explicit", False, 12, False),
         "twin24": Variant("explicit twin x24", "explicit", False, 24, False),
     }
@@ -129,7 +132,8 @@ def compile_variant(steps: Steps, v: Variant) -> dict:
     state = spec.abstract_for_restore()
     row = {"variant": v.name, "trained": v.trained, "n_unroll": v.n_unroll if v.mode == "explicit" else None}
     try:
-        compiled = steps.variant(v.mode, v.jac).lower(state, steps.abstract_batch()).compile()
+        traced = steps.variant(v.mode, v.jac).trace(state, steps.abstract_batch())
+        compiled = traced.lower().compile()
     except jax.errors.JaxRuntimeError as e:
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
@@ -137,6 +141,7 @@ def compile_variant(steps: Steps, v: Variant) -> dict:
     state_sh = compiled.input_shardings[0][0]
     mem, cost = compiled.memory_analysis(), compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    hlo = compiled.as_text()
     total = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
              + mem.temp_size_in_bytes + mem.generated_code_size_in_bytes)
     mesh = spec.mesh
@@ -152,8 +157,10 @@ def compile_variant(steps: Steps, v: Variant) -> dict:
         "code_bytes": mem.generated_code_size_in_bytes,
         "total_bytes": total,
         "flops": float(cost.get("flops", float("nan"))),
+        # Counted per trip of every scan (blockwise attention's tiles), one iteration of a solver loop.
+        "attention_flops": dot_flops(traced.jaxpr, "attention"),
         # Solver / scan loops carry z per device as (rows, seq, d) or flattened (rows, seq * d).
-        "loop_collectives": _loop_collectives(compiled.as_text(), [(bl, sl, d), (bl, sl * d)]),
+        "loop_collectives": _loop_collectives(hlo, [(bl, sl, d), (bl, sl * d)]),
     }
 
 
@@ -204,19 +211,20 @@ def format_report(r: dict) -> str:
             f"tensor={m['tensor']}; global batch {r['global_batch_size']}, seq {r['seq_len']}, "
             f"d_model {r['model']['d_model']}\n"
             "MiB per device. FLOPs per step count each while-loop body once (one solver iteration, "
-            "one application). Collectives: per iteration of each loop that carries z "
+            "one application); attention GFLOP counts the dot products of every tile of "
+            "blockwise attention's scans (from the jaxpr; one solver iteration). Collectives: per iteration of each loop that carries z "
             "(DEQ: forward / backward solve; twin: forward / backward scan).\n\n")
     cols = ["step", "trained", "params", "opt state", "args (compiled)", "temp", "code", "total",
-            "headroom", "GFLOP", "fits", "collectives per loop iteration"]
+            "headroom", "GFLOP", "attention GFLOP", "fits", "collectives per loop iteration"]
     rows = []
     for v in r["variants"]:
         if "total_bytes" not in v:
-            rows.append([v["variant"], "yes" if v["trained"] else "no", *["-"] * 8, "NO", v["compiler"]])
+            rows.append([v["variant"], "yes" if v["trained"] else "no", *["-"] * 9, "NO", v["compiler"]])
             continue
         rows.append([v["variant"], "yes" if v["trained"] else "no", _mib(v["params_bytes"]),
                      _mib(v["opt_state_bytes"]), _mib(v["argument_bytes"]), _mib(v["temp_bytes"]),
                      _mib(v["code_bytes"]), _mib(v["total_bytes"]), _mib(v.get("headroom_bytes")),
-                     f"{v['flops'] / 1e9:.1f}", "yes" if v["fits"] else "NO", _loops(v)])
+                     f"{v['flops'] / 1e9:.1f}", f"{v['attention_flops'] / 1e9:.1f}" if v.get("attention_flops") else "-", "yes" if v["fits"] else "NO", _loops(v)])
     return head + table(cols, rows)
 
 

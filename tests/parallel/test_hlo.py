@@ -4,7 +4,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import AxisType, PartitionSpec as P
 
-from deqdist.parallel.hlo import device_groups, dot_flops, has_buffer, solver_loop_groups, solver_loops
+from deqdist.parallel.hlo import device_groups, has_buffer, solver_loop_groups, solver_loops
 
 
 def test_device_groups_of_explicit_and_iota_replica_groups():
@@ -47,31 +47,3 @@ def test_a_loop_without_collectives_is_not_a_solver_loop():
     hlo = _loop_program(communicate=False)
     assert solver_loops(hlo, (2, 8)) == []
     assert solver_loop_groups(hlo, (2, 8)) == [[]]
-
-
-def _scan_program(length: int) -> str:
-    def f(x, w):
-        def body(c, _):
-            with jax.named_scope("inner"):
-                return jnp.tanh(c @ w), None
-
-        c, _ = lax.scan(body, x, None, length=length)
-        return c @ w  # one dot outside the scan
-
-    return jax.jit(f).lower(jnp.ones((4, 16)), jnp.ones((16, 16))).compile().as_text()
-
-
-def test_dot_flops_count_every_trip_of_a_scan_and_filter_by_scope():
-    one = 2 * 4 * 16 * 16  # one (4,16) @ (16,16) product
-    for length in (3, 7):
-        hlo = _scan_program(length)
-        assert dot_flops(hlo) == one * (length + 1)
-        assert dot_flops(hlo, "inner") == one * length
-
-
-def test_dot_flops_count_one_iteration_of_a_loop_without_a_known_trip_count():
-    def f(x, w):
-        return lax.while_loop(lambda c: c.sum() < 1e6, lambda c: c @ w, x)
-
-    hlo = jax.jit(f).lower(jnp.ones((4, 16)), jnp.ones((16, 16))).compile().as_text()
-    assert dot_flops(hlo) == 2 * 4 * 16 * 16

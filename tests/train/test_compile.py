@@ -61,6 +61,8 @@ def test_tiny_compiles_for_v5p_with_the_cpu_layout(tmp_path, mesh):
     # The compiled program's arguments hold at least the state (TPU layouts may pad small arrays).
     assert row["argument_bytes"] >= params + opt
     assert row["temp_bytes"] > 0 and row["code_bytes"] > 0 and row["flops"] > 0
+    # Blockwise attention's dot products, every tile of its scans; dense attention is not counted.
+    assert (row["attention_flops"] > 0) == any(o.startswith("model.attention_block") for o in mesh)
     # Forward and backward solve loops: only a sequence split (tensor > 1) gathers and scatters inside them;
     # a pure data-parallel replica stops on its own samples (parallel.lockstep=sample) and exchanges nothing.
     if dict(report["mesh"])["tensor"] > 1:
@@ -68,6 +70,14 @@ def test_tiny_compiles_for_v5p_with_the_cpu_layout(tmp_path, mesh):
         assert all("all-gather" in c for c in row["loop_collectives"])
     else:
         assert not any(row["loop_collectives"])
+
+
+def test_the_reversible_mode_names_its_step():
+    from deqdist.train.compile import variants
+
+    cfg = load_config(None, ["solver.grad=reversible", "solver.reversible.steps=4"])
+    assert [v.name for v in variants(cfg, ["deq", "deq+jac"])] == ["reversible n=4", "reversible n=4 + jacobian term"]
+    assert [v.name for v in variants(load_config(None, []), ["deq"])] == ["deq"]
 
 
 def test_sharding_divides_the_state(tmp_path):
