@@ -30,7 +30,7 @@ def test_bench_lm_trains_both_models_and_bench_model_reads_the_checkpoint(tmp_pa
     assert p.returncode == 0, p.stderr[-3000:]
     assert "| DEQ " in p.stdout and "| explicit twin (x12)" in p.stdout and "within 1% of the twin" in p.stdout
     assert "| reversible, n=4" in p.stdout and "- reversible, n=4 vs DEQ: lower test bpb in " in p.stdout
-    assert "bench lm: seed 0 reversible-4: test bpb" in p.stderr
+    assert "bench lm: seed 0 reversible-4: test bpb" in p.stderr and "ms/step (in turns)" in p.stdout
     rev = [json.loads(l) for l in (out / "reversible-4" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["fwd_fevals"] == 8.0 and r["deq"] == 1.0 for r in rev if r["kind"] == "train")
     rows = [json.loads(l) for l in (out / "bench.jsonl").read_text().splitlines()]
@@ -105,8 +105,16 @@ def test_comparison_answers_per_seed():
     text = comparison(rows, preset="tiny", steps=400, seeds=2)
     cells = {r[0]: r[1:] for r in ([c.strip() for c in l.strip("|").split("|")] for l in text.splitlines()
                                     if l.startswith("| "))}
-    assert cells["reversible, n=6"] == ["2.6200 ± 0.0283", "2.6400 / 2.6000", "90", "26.0", "12.0 / 12.0", "1.0e-01"]
+    assert cells["reversible, n=6"] == ["2.6200 ± 0.0283", "2.6400 / 2.6000", "90", "-", "26.0", "12.0 / 12.0",
+                                        "1.0e-01"]
     assert "- reversible, n=6 vs DEQ: lower test bpb in 2/2 seeds, step time no more in 2/2, temp memory no more -> met" in text
     assert "- reversible, n=8 vs DEQ: lower test bpb in 1/1 seeds, step time no more in 0/1" in text and "MISSED" in text
     assert "- DEQ vs twin at matched work: DEQ lower test bpb in 1/2 seeds" in text
     assert "PARTIAL: 1 of 2 seeds" in text
+
+    # Timed in turns, the step-time question is answered from those times, not the logged ones.
+    text = comparison(rows, preset="tiny", steps=400, seeds=2,
+                      turns={"DEQ": 100.0, "reversible, n=6": 110.0, "reversible, n=8": 90.0})
+    assert "- reversible, n=6 vs DEQ: lower test bpb in 2/2 seeds, step time no more in 0/2" in text
+    assert "- reversible, n=8 vs DEQ: lower test bpb in 1/1 seeds, step time no more in 1/1" in text
+    assert "| 110 " in text

@@ -38,6 +38,7 @@ from .. import presets
 from ..config import ConfigError, load_config
 from ..train.evaluate import coverage
 from .common import table
+from .steptime import interleaved_ms
 
 REVERSIBLE_STEPS = (4, 6, 8)
 MODELS = ("deq", "explicit", "explicit-xk", *(f"reversible-{n}" for n in REVERSIBLE_STEPS))
@@ -126,12 +127,16 @@ def _spread(vals: list[float]) -> str:
     return f"{np.mean(vals):.4f} ± {np.std(vals, ddof=1):.4f}"
 
 
-def comparison(rows: dict[str, list[dict]], *, preset: str, steps: int, seeds: int) -> str:
+def comparison(rows: dict[str, list[dict]], *, preset: str, steps: int, seeds: int,
+               turns: dict[str, float] | None = None) -> str:
     """Markdown: every model's figures over the seeds, and the issue's questions, each answered per seed.
 
-    `rows`: label -> one summary per seed (as far as the bench got), DEQ under "DEQ"."""
-    head = ["model", "test bpb (mean ± sd)", "per seed", "ms/step", "temp MiB", "f-evals fwd / bwd",
-            "fwd rel. residual"]
+    `rows`: label -> one summary per seed (as far as the bench got), DEQ under "DEQ". `turns`: label ->
+    ms per step of the seed-0 run's final checkpoint, timed in turns with the others (bench.steptime);
+    when given, the step-time question is answered from it (the logged times met different loads)."""
+    turns = turns or {}
+    head = ["model", "test bpb (mean ± sd)", "per seed", "ms/step (logged)", "ms/step (in turns)", "temp MiB",
+            "f-evals fwd / bwd", "fwd rel. residual"]
     body = []
     for label, runs in rows.items():
         if not runs:
@@ -139,7 +144,7 @@ def comparison(rows: dict[str, list[dict]], *, preset: str, steps: int, seeds: i
         bpb = [r["test_bpb"] for r in runs]
         mean = lambda k: None if any(r.get(k) is None for r in runs) else float(np.mean([r[k] for r in runs]))
         body.append([label, _spread(bpb), " / ".join(f"{b:.4f}" for b in bpb), _fmt(mean("ms_step"), ".0f"),
-                     _fmt(runs[0].get("temp_mib"), ".1f"),
+                     _fmt(turns.get(label), ".0f"), _fmt(runs[0].get("temp_mib"), ".1f"),
                      _fmt(mean("fwd_fevals"), ".1f") + " / " + _fmt(mean("bwd_fevals"), ".1f"),
                      _fmt(mean("fwd_rel_res"), ".1e")])
     deq = rows.get("DEQ", [])
@@ -149,7 +154,10 @@ def comparison(rows: dict[str, list[dict]], *, preset: str, steps: int, seeds: i
         if not label.startswith("reversible") or n == 0:
             continue
         better = sum(runs[i]["test_bpb"] < deq[i]["test_bpb"] for i in range(n))
-        faster = sum((runs[i].get("ms_step") or 0) <= (deq[i].get("ms_step") or 0) for i in range(n))
+        if label in turns and "DEQ" in turns:
+            faster = n if turns[label] <= turns["DEQ"] else 0
+        else:
+            faster = sum((runs[i].get("ms_step") or 0) <= (deq[i].get("ms_step") or 0) for i in range(n))
         smaller = (runs[0].get("temp_mib") or 0) <= (deq[0].get("temp_mib") or 0)
         ok = better == faster == n and smaller
         goals.append(f"- {label} vs DEQ: lower test bpb in {better}/{n} seeds, step time no more in {faster}/{n}, "
@@ -241,10 +249,12 @@ def run(preset: str = "tiny", steps: int | None = None, run_dir: str | None = No
                 extra, name_dir = _model_overrides(name, steps, deq_fevals)
                 where = base if seeds == 1 else base / f"seed{seed}"
                 rows[label].append(bench.train(where / name_dir, seeded + extra, seed, name))
-    ks = sorted({r["k"] for r in rows.get("explicit twin (x k)", [])})
-    rows = {("explicit twin (x k = " + "/".join(map(str, ks)) + ")" if lab == "explicit twin (x k)" else lab): v
-            for lab, v in rows.items()}
-    out = comparison(rows, preset=preset, steps=steps, seeds=seeds)
+        ks = sorted({r["k"] for r in rows.get("explicit twin (x k)", [])})
+        rows = {("explicit twin (x k = " + "/".join(map(str, ks)) + ")" if lab == "explicit twin (x k)" else lab): v
+                for lab, v in rows.items()}
+        _say("bench lm: timing every model's seed-0 step in turns")
+        turns = interleaved_ms({lab: Path(runs[0]["dir"]) for lab, runs in rows.items() if runs})
+    out = comparison(rows, preset=preset, steps=steps, seeds=seeds, turns=turns)
     if "explicit" in labels:
         out += "\n" + report(rows["DEQ"][0], rows[labels["explicit"]][0], preset=preset, steps=steps, warmup=warmup,
                              n_unroll=cfg.train.n_unroll, max_iter=cfg.solver.fwd.max_iter)
@@ -268,7 +278,7 @@ class _Bench:
         key = (mode, tuple(o for o in overrides if not o.startswith(("train.seed=", "data.seed="))))
         if key not in self.memory:
             self.memory[key] = _temp_mib(cfg, mode)
-        r["temp_mib"] = self.memory[key]
+        r["temp_mib"], r["dir"] = self.memory[key], str(d)
         if name == "explicit-xk":
             r["k"] = cfg.train.n_unroll
         _say(f"bench lm: seed {seed} {d.name}: test bpb {r['test_bpb']:.4f}, {_fmt(r.get('ms_step'), '.0f')} ms/step, "
