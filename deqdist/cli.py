@@ -72,8 +72,8 @@ def _add_distributed(p: argparse.ArgumentParser) -> None:
 
 
 def _init_distributed(args) -> None:
-    from deqdist.train.distributed import maybe_initialize
-    from deqdist.train.platform import require_backend
+    from deqdist.runtime.distributed import maybe_initialize
+    from deqdist.runtime.platform import require_backend
 
     if not maybe_initialize(args.coordinator, args.num_processes, args.process_id, args.distributed,
                             args.init_timeout):
@@ -115,7 +115,7 @@ def _add_train(commands) -> None:
 def _train(args) -> int:
     _init_distributed(args)
     from deqdist.train import run_train
-    from deqdist.train.distributed import set_run_dir
+    from deqdist.runtime.distributed import set_run_dir
 
     if args.run_dir is not None:
         set_run_dir(args.run_dir)
@@ -217,7 +217,7 @@ def _add_info(commands) -> None:
 
 def _info(args) -> int:
     _init_distributed(args)
-    from deqdist.train.info import run_info
+    from deqdist.main.info import run_info
 
     return run_info(args.config, args.run_dir, args.overrides, args.json)
 
@@ -241,7 +241,7 @@ def _add_compile(commands) -> None:
 
 
 def _compile(args) -> int:
-    from deqdist.train.compile import run_compile
+    from deqdist.main.compile import run_compile
 
     return run_compile(args.config, args.overrides, topology=args.topology, slices=args.slices,
                        variants_text=args.variants, json_path=args.json)
@@ -307,7 +307,7 @@ def _bench(args) -> int:
     name = f"deqdist.bench.{args.what}"
     if importlib.util.find_spec(name) is None:
         raise UsageError(f"`deqdist bench {args.what}` is not available in this build ({name} is missing)")
-    from deqdist.train.platform import skip_absent_tpu
+    from deqdist.runtime.platform import skip_absent_tpu
 
     skip_absent_tpu()
     mod = importlib.import_module(name)
@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _distributed():
-    from deqdist.train import distributed
+    from deqdist.runtime import distributed
 
     return distributed
 

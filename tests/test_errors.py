@@ -5,8 +5,8 @@ from deqdist import cli
 from deqdist.config import ConfigError
 from deqdist.data import DataError
 from deqdist.errors import UserError
-from deqdist.train.platform import PlatformError
-from deqdist.train.rundir import RunDirError
+from deqdist.runtime.platform import PlatformError
+from deqdist.store.rundir import RunDirError
 
 
 @pytest.mark.parametrize("cls", [ConfigError, DataError, RunDirError, PlatformError, cli.UsageError])

@@ -98,10 +98,10 @@ def _checkpoint_problem(run_dir: str, batch: int):
     import numpy as np
     from flax import nnx
 
-    from ..train import rundir
+    from ..train import resume
     from ..train.loop import open_run, load_data
 
-    cfg = rundir.resolve_for_run(Path(run_dir), [])
+    cfg = resume.resolve_for_run(Path(run_dir), [])
     session, state, step = open_run(Path(run_dir), [])
     try:
         model = nnx.merge(session.spec.graphdef, jax.device_get(state["params"]))
@@ -203,9 +203,10 @@ def run(preset: str = "tiny", batch: int = 8, repeats: int = 5, run_dir: str | N
     import jax
 
     if run_dir is not None:  # bad input fails here, in one line, not in the 8-device child
-        from ..train import rundir
+        from ..store import rundir
+        from ..train import resume
 
-        rundir.resolve_for_run(Path(run_dir), [])
+        resume.resolve_for_run(Path(run_dir), [])
         if not any((Path(run_dir) / rundir.CHECKPOINTS).glob("*")):
             raise rundir.RunDirError(f"{run_dir} has no checkpoints yet; train it first (deqdist train --run-dir {run_dir})")
 

@@ -23,16 +23,18 @@ import numpy as np
 
 from deqdist.config import Config
 from deqdist.data import Corpus, DataError, corpus_codec, eval_iterator, load_corpus, to_global, train_iterator
-from deqdist.train import rundir
-from deqdist.train import checkpoint
-from deqdist.train.checkpoint import Checkpoints
-from deqdist.train.lock import RunDirLocked, RunLock, check_unlocked
+from deqdist.store import rundir
+from deqdist.train import resume
+from deqdist.store import checkpoint
+from deqdist.store.checkpoint import Checkpoints
+from deqdist.store.lock import RunDirLocked, RunLock, check_unlocked
 from deqdist.train.evaluate import coverage, evaluate, fixed_point_steps, reversible_note
 from deqdist.train.generate import decoding_path, generate, generate_batch
 from deqdist.train.hooks import (BadSteps, Checkpointer, CompileTimer, Evaluate, LogMetrics, Preempted, Spectral,
                                   StepInfo, StopAfter, Throughput, WarmupDone, run_hooks, say_stop)
-from deqdist.train.metrics import MetricsSink, Progress, finite_or_null, summary
-from deqdist.train.preempt import Preemption
+from deqdist.store.rundir import finite_or_null
+from deqdist.train.metrics import MetricsSink, Progress, summary
+from deqdist.runtime.preempt import Preemption
 from deqdist.train.state import StateSpec, init_state
 from deqdist.train.step import Steps
 
@@ -113,7 +115,7 @@ def run_train(config_path: str | None, run_dir: Path | None, overrides: Sequence
         run_dir = rundir.default_run_dir(config_path)
     run_dir = Path(run_dir)
     _locked_out(lambda: check_unlocked(run_dir) if _primary() else None)  # fail fast, before any work
-    cfg, saved = rundir.resolve_for_train(config_path, run_dir, overrides)
+    cfg, saved = resume.resolve_for_train(config_path, run_dir, overrides)
     cfg.data.per_host_batch(jax.process_count())  # DataError if not divisible
 
     # ---- validate everything before writing anything
@@ -306,7 +308,7 @@ class _Printer(Progress):
 # ---------------------------------------------------------------------------
 def open_run(run_dir: Path, overrides: Sequence[str]) -> tuple[Session, Any, int]:
     """(session, restored state, step) of a run directory's newest checkpoint (RunDirError if none)."""
-    cfg = rundir.resolve_for_run(run_dir, overrides)
+    cfg = resume.resolve_for_run(run_dir, overrides)
     ck_dir = run_dir / rundir.CHECKPOINTS
     if not ck_dir.is_dir():
         raise rundir.RunDirError(f"{run_dir} has no checkpoints yet ({ck_dir} is missing)")
@@ -324,7 +326,7 @@ def open_run(run_dir: Path, overrides: Sequence[str]) -> tuple[Session, Any, int
 
 def run_eval(run_dir: Path, overrides: Sequence[str], *, splits: Sequence[str], batches: int | None) -> int:
     run_dir = Path(run_dir)
-    cfg = rundir.resolve_for_run(run_dir, overrides)
+    cfg = resume.resolve_for_run(run_dir, overrides)
     corpus = load_data(cfg)
     rundir.check_corpus(run_dir, corpus.info())
     session, state, step = open_run(run_dir, overrides)
@@ -353,7 +355,7 @@ def run_eval(run_dir: Path, overrides: Sequence[str], *, splits: Sequence[str], 
 def run_generate(run_dir: Path, overrides: Sequence[str], *, prompt: str | None, prompt_ids: Sequence[int] | None,
                  tokens: int, temperature: float, seed: int, cache: bool = True) -> int:
     run_dir = Path(run_dir)
-    cfg = rundir.resolve_for_run(run_dir, overrides)
+    cfg = resume.resolve_for_run(run_dir, overrides)
     info = rundir.read_json(run_dir / rundir.CORPUS, {})
     kind = info.get("kind", "bytes") if isinstance(info, dict) else "bytes"
     codec = corpus_codec(cfg.data.corpus)  # a prepared corpus's tokenizer: text in, text out

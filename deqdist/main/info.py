@@ -27,14 +27,14 @@ def collect(config_path: str | None, run_dir: str | None, overrides: Sequence[st
     import jax
 
     from deqdist.config import load_config
-    from deqdist.train import rundir
+    from deqdist.train import resume
     from deqdist.train.mesh import build_mesh
-    from deqdist.train.platform import require_backend
+    from deqdist.runtime.platform import require_backend
     from deqdist.train.state import state_spec
 
     devices = require_backend()
     if run_dir is not None:
-        cfg, _ = rundir.resolve_for_train(config_path, Path(run_dir), overrides)
+        cfg, _ = resume.resolve_for_train(config_path, Path(run_dir), overrides)
     else:
         cfg = load_config(config_path, overrides)
     cfg.data.per_host_batch(jax.process_count())
