@@ -26,7 +26,7 @@ from flax import nnx
 
 from .. import presets
 from ..config import Config, load_config
-from ..model import LOCAL
+from ..model import LOCAL, DEQTransformer
 from ..solvers import SolverConfig, solve
 from ..train.state import init_state
 from ..train.step import Steps
@@ -111,7 +111,7 @@ def _trained(run_dir: str, batch: int | None, repeats: int) -> str:
 
 def _solvers(preset: str, batch: int, repeats: int) -> str:
     cfg = load_config(presets.path(preset), ["model.dropout=0"]).model
-    model = cfg.create(nnx.Rngs(0))
+    model = DEQTransformer(cfg, rngs=nnx.Rngs(0))
     tokens = jax.random.randint(jax.random.key(1), (batch, cfg.seq_len), 0, cfg.vocab_size)
     x = model.inject(tokens)
     f, params = model.split_block()

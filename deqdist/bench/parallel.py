@@ -121,9 +121,10 @@ def _synthetic_problem(preset: str, batch: int):
     from .. import presets
     from ..config import load_config
     from ..deq import DEQConfig
+    from ..model import DEQTransformer
     from ..solvers import SolverConfig
 
-    model = load_config(presets.path(preset), ["model.n_heads=8"]).model.create(nnx.Rngs(0))
+    model = DEQTransformer(load_config(presets.path(preset), ["model.n_heads=8"]).model, rngs=nnx.Rngs(0))
     tokens = jax.random.randint(jax.random.key(1), (batch, model.cfg.seq_len), 0, model.cfg.vocab_size)
     solver = SolverConfig(max_iter=40, tol=1e-4)
     return model, tokens, DEQConfig(fwd=solver, bwd=solver), f"{preset} at init, injection of each sample scaled by 0.3..4"
