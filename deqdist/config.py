@@ -52,7 +52,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from deqdist import presets
-from deqdist.atomic import write_atomic
+from deqdist.store.atomic import write_atomic
 from deqdist.data import DataConfig
 from deqdist.deq import DEQConfig
 from deqdist.errors import UserError

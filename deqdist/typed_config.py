@@ -52,17 +52,7 @@ def coerce(value: Any, t: Any, key: str) -> Any:
     if t is Any:
         return value
     if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(t)
-        if value is None and type(None) in args:
-            return None
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return coerce(value, a, key)
-            except ConfigError:
-                pass
-        raise _type_error(key, value, t)
+        return _coerce_union(value, t, key)
     if origin is tuple or t is tuple:
         if not isinstance(value, (list, tuple)):
             raise _type_error(key, value, t)
@@ -85,23 +75,7 @@ def coerce(value: Any, t: Any, key: str) -> Any:
             return value
         raise _type_error(key, value, t)
     if t is float:
-        f = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            try:
-                f = float(value)
-            except OverflowError:
-                f = math.inf
-        elif isinstance(value, str):
-            # PyYAML reads 3e-4 (no dot) as a string.
-            try:
-                f = float(value)
-            except ValueError:
-                pass
-        if f is None:
-            raise _type_error(key, value, t)
-        if not math.isfinite(f):
-            raise ConfigError(f"{key} must be a finite number, got {value!r}")
-        return f
+        return _coerce_float(value, key)
     if t is str:
         if isinstance(value, str):
             try:
@@ -111,6 +85,41 @@ def coerce(value: Any, t: Any, key: str) -> Any:
             return value
         raise _type_error(key, value, t)
     return value
+
+
+def _coerce_union(value: Any, t: Any, key: str) -> Any:
+    """The first member of the union `t` that takes value (None for an Optional's None)."""
+    args = typing.get_args(t)
+    if value is None and type(None) in args:
+        return None
+    for a in args:
+        if a is type(None):
+            continue
+        try:
+            return coerce(value, a, key)
+        except ConfigError:
+            pass
+    raise _type_error(key, value, t)
+
+
+def _coerce_float(value: Any, key: str) -> float:
+    f = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            f = float(value)
+        except OverflowError:
+            f = math.inf
+    elif isinstance(value, str):
+        # PyYAML reads 3e-4 (no dot) as a string.
+        try:
+            f = float(value)
+        except ValueError:
+            pass
+    if f is None:
+        raise _type_error(key, value, float)
+    if not math.isfinite(f):
+        raise ConfigError(f"{key} must be a finite number, got {value!r}")
+    return f
 
 
 def _type_error(key: str, value: Any, t: Any) -> ConfigError:

@@ -17,3 +17,7 @@ _here = Path(__file__).resolve().parent
 for _p in [_here, *sorted(p for p in _here.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))]:
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
+
+# The shared runs of the trainer tests (tests/runfixtures.py): one definition, so a session-scoped
+# run is made once for tests/train, tests/store and tests/runtime alike.
+pytest_plugins = ["runfixtures"]

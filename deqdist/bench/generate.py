@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import presets
 from ..config import load_config
-from ..train.generate import make_sampler
+from ..train.sample import make_sampler
 from ..train.mesh import build_mesh
 from ..train.state import init_state, state_spec
 from .common import table

@@ -18,7 +18,7 @@ import orbax.checkpoint as ocp
 
 from deqdist import presets
 from deqdist.config import load_config
-from deqdist.train.checkpoint import Checkpoints, seal, verify
+from deqdist.store.checkpoint import Checkpoints, seal, verify
 from deqdist.train.mesh import batch_sharding, build_mesh, hooks
 from deqdist.train.state import init_state, state_spec
 from deqdist.train.step import Steps

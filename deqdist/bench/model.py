@@ -26,7 +26,7 @@ from flax import nnx
 
 from .. import presets
 from ..config import Config, load_config
-from ..model import LOCAL
+from ..model import LOCAL, DEQTransformer
 from ..solvers import SolverConfig, solve
 from ..train.state import init_state
 from ..train.step import Steps
@@ -89,7 +89,7 @@ def _trained(run_dir: str, batch: int | None, repeats: int) -> str:
     import numpy as np
 
     from ..data import eval_iterator
-    from ..train import rundir
+    from ..train import resume
     from ..train.loop import load_data, open_run
 
     session, state, step = open_run(Path(run_dir), [])
@@ -102,7 +102,7 @@ def _trained(run_dir: str, batch: int | None, repeats: int) -> str:
     tokens = np.concatenate([windows["inputs"], windows["targets"][:, -1:]], axis=1)
     if batch is not None:
         tokens = tokens[:batch]
-    load = lambda extra: rundir.resolve_for_run(Path(run_dir), _one_device(tokens.shape[0]) + extra)
+    load = lambda extra: resume.resolve_for_run(Path(run_dir), _one_device(tokens.shape[0]) + extra)
     title = (f"{run_dir} at step {step} (checkpoint parameters), batch {tokens.shape[0]} of its "
              f"validation split, seq {cfg.model.seq_len}")
     n = cfg.train.n_unroll
@@ -111,7 +111,7 @@ def _trained(run_dir: str, batch: int | None, repeats: int) -> str:
 
 def _solvers(preset: str, batch: int, repeats: int) -> str:
     cfg = load_config(presets.path(preset), ["model.dropout=0"]).model
-    model = cfg.create(nnx.Rngs(0))
+    model = DEQTransformer(cfg, rngs=nnx.Rngs(0))
     tokens = jax.random.randint(jax.random.key(1), (batch, cfg.seq_len), 0, cfg.vocab_size)
     x = model.inject(tokens)
     f, params = model.split_block()

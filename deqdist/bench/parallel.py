@@ -98,10 +98,10 @@ def _checkpoint_problem(run_dir: str, batch: int):
     import numpy as np
     from flax import nnx
 
-    from ..train import rundir
+    from ..train import resume
     from ..train.loop import open_run, load_data
 
-    cfg = rundir.resolve_for_run(Path(run_dir), [])
+    cfg = resume.resolve_for_run(Path(run_dir), [])
     session, state, step = open_run(Path(run_dir), [])
     try:
         model = nnx.merge(session.spec.graphdef, jax.device_get(state["params"]))
@@ -121,9 +121,10 @@ def _synthetic_problem(preset: str, batch: int):
     from .. import presets
     from ..config import load_config
     from ..deq import DEQConfig
+    from ..model import DEQTransformer
     from ..solvers import SolverConfig
 
-    model = load_config(presets.path(preset), ["model.n_heads=8"]).model.create(nnx.Rngs(0))
+    model = DEQTransformer(load_config(presets.path(preset), ["model.n_heads=8"]).model, rngs=nnx.Rngs(0))
     tokens = jax.random.randint(jax.random.key(1), (batch, model.cfg.seq_len), 0, model.cfg.vocab_size)
     solver = SolverConfig(max_iter=40, tol=1e-4)
     return model, tokens, DEQConfig(fwd=solver, bwd=solver), f"{preset} at init, injection of each sample scaled by 0.3..4"
@@ -203,9 +204,10 @@ def run(preset: str = "tiny", batch: int = 8, repeats: int = 5, run_dir: str | N
     import jax
 
     if run_dir is not None:  # bad input fails here, in one line, not in the 8-device child
-        from ..train import rundir
+        from ..store import rundir
+        from ..train import resume
 
-        rundir.resolve_for_run(Path(run_dir), [])
+        resume.resolve_for_run(Path(run_dir), [])
         if not any((Path(run_dir) / rundir.CHECKPOINTS).glob("*")):
             raise rundir.RunDirError(f"{run_dir} has no checkpoints yet; train it first (deqdist train --run-dir {run_dir})")
 

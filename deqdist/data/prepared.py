@@ -9,7 +9,7 @@ sha256 (a full read of the corpus: hashlib ran at about 220 MB/s on the shared
 2-core development machine; README: "Bring your own corpus"), and the
 corpus's largest id against the model's vocabulary. The Corpus's `sha256` is
 the manifest's fingerprint, so a resumed run refuses a corpus whose window
-order differs from the one it was trained on (deqdist.train.rundir.check_corpus).
+order differs from the one it was trained on (deqdist.store.rundir.check_corpus).
 """
 from __future__ import annotations
 

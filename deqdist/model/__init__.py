@@ -8,7 +8,7 @@ from deqdist.model.block import (
     weight_normalise,
 )
 from deqdist.model.collectives import LOCAL, Collectives
-from deqdist.model.config import ModelConfig, get_preset
+from deqdist.model.config import ModelConfig
 from deqdist.model.hooks import EquilibriumFn, EquilibriumSolve, SolveHooks, Unroll, local_solve, local_unroll
 from deqdist.model.layers import LOGICAL_AXES, LayerNorm, rope
 from deqdist.model.transformer import DEQTransformer, block_params_and_specs, lm_loss, logical_specs, param_count
@@ -16,6 +16,6 @@ from deqdist.model.transformer import DEQTransformer, block_params_and_specs, lm
 __all__ = [
     "LOCAL", "LOGICAL_AXES", "WEIGHT_NORM_AXES", "Collectives", "DEQBlock", "DEQTransformer",
     "EquilibriumFn", "EquilibriumSolve", "LayerNorm", "ModelConfig", "SolveHooks", "Unroll", "block_fn",
-    "block_params_and_specs", "cast_floating", "get_preset", "lm_loss", "local_solve", "local_unroll",
+    "block_params_and_specs", "cast_floating", "lm_loss", "local_solve", "local_unroll",
     "logical_specs", "param_count", "prepare_block_params", "rope", "weight_normalise",
 ]

@@ -4,7 +4,7 @@
 strings) so the config layer can load it from YAML and override it with
 dotted keys. It holds what the model itself reads; trainer settings (the
 explicit warm-up's depth, the Jacobian regulariser's cadence and weight) live
-in the trainer's config. The presets are the YAML files of `deqdist.presets`.
+in the trainer's config. The model is built from it by `DEQTransformer(cfg, rngs=...)`.
 """
 from __future__ import annotations
 
@@ -12,9 +12,6 @@ import dataclasses
 from typing import Any
 
 import jax.numpy as jnp
-import yaml
-
-from deqdist import presets
 
 _DTYPES = ("float32", "bfloat16", "float16", "float64")
 
@@ -144,21 +141,3 @@ class ModelConfig:
         if not self.tie_embeddings:
             n += d * v
         return n
-
-    def create(self, rngs):
-        """Build the model (a `DEQTransformer`) from this config."""
-        from deqdist.model.transformer import DEQTransformer
-
-        return DEQTransformer(self, rngs=rngs)
-
-
-def get_preset(name: str, **overrides) -> ModelConfig:
-    """The model of preset `name` (its file's `model` section) with field overrides, validated."""
-    if name not in presets.names():
-        raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(presets.names())}")
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    bad = sorted(set(overrides) - fields)
-    if bad:
-        raise ValueError(f"unknown model config field(s) {bad}")
-    section = yaml.safe_load(presets.path(name).read_text(encoding="utf-8")).get("model") or {}
-    return ModelConfig(**{**section, **overrides}).validate()

@@ -36,7 +36,7 @@ def lm_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array | None = None
 
 
 class DEQTransformer(nnx.Module):
-    """DEQ-Transformer LM. Build with `DEQTransformer(cfg, rngs=nnx.Rngs(0))` or `cfg.create(rngs)`.
+    """DEQ-Transformer LM. Build with `DEQTransformer(cfg, rngs=nnx.Rngs(0))`.
 
     Pieces (each usable on its own, e.g. by benchmarks and parallel/):
       inject(tokens, deterministic=, key=) -> x       injection + dropout masks (dict of (B,S,D))

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from deqdist.atomic import TMP_PREFIX, write_atomic
+from deqdist.store.atomic import TMP_PREFIX, write_atomic
 from deqdist.prepare import inputs, manifest, shards, tokenizer
 from deqdist.prepare.errors import PrepareError
 

@@ -19,7 +19,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from deqdist.atomic import write_atomic
+from deqdist.store.atomic import write_atomic
 from deqdist.prepare.errors import PrepareError
 
 MANIFEST = "manifest.json"

@@ -32,7 +32,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from deqdist.atomic import TMP_PREFIX, write_atomic
+from deqdist.store.atomic import TMP_PREFIX, write_atomic
 from deqdist.prepare import inputs, manifest
 from deqdist.prepare.tokenizer import from_saved
 

@@ -223,7 +223,7 @@ class Checkpointer(Hook):
 
 
 class Preempted(Hook):
-    """SIGTERM / Ctrl-C (any host's, see deqdist.train.preempt): checkpoint and stop."""
+    """SIGTERM / Ctrl-C (any host's, see deqdist.runtime.preempt): checkpoint and stop."""
 
     def __init__(self, preemption, run_dir):
         self.preemption, self.run_dir = preemption, run_dir

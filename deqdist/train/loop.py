@@ -11,9 +11,7 @@ last good state), 130 stopped by Ctrl-C after checkpointing.
 from __future__ import annotations
 
 import contextlib
-import json
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,27 +20,28 @@ import jax
 import numpy as np
 
 from deqdist.config import Config
-from deqdist.data import Corpus, DataError, corpus_codec, eval_iterator, load_corpus, to_global, train_iterator
-from deqdist.train import rundir
-from deqdist.train import checkpoint
-from deqdist.train.checkpoint import Checkpoints
-from deqdist.train.lock import RunDirLocked, RunLock, check_unlocked
-from deqdist.train.evaluate import coverage, evaluate, fixed_point_steps, reversible_note
-from deqdist.train.generate import decoding_path, generate, generate_batch
+from deqdist.data import Corpus, DataError, eval_iterator, load_corpus, to_global, train_iterator
+from deqdist.store import rundir
+from deqdist.train import resume
+from deqdist.store import checkpoint
+from deqdist.store.checkpoint import Checkpoints
+from deqdist.store.lock import RunDirLocked, RunLock, check_unlocked
+from deqdist.train.evaluate import coverage, evaluate
+from deqdist.train.sample import generate
 from deqdist.train.hooks import (BadSteps, Checkpointer, CompileTimer, Evaluate, LogMetrics, Preempted, Spectral,
                                   StepInfo, StopAfter, Throughput, WarmupDone, run_hooks, say_stop)
-from deqdist.train.metrics import MetricsSink, Progress, finite_or_null, summary
-from deqdist.train.preempt import Preemption
+from deqdist.train.metrics import MetricsSink, Progress, summary
+from deqdist.runtime.preempt import Preemption
 from deqdist.train.state import StateSpec, init_state
 from deqdist.train.step import Steps
 
 
-def _primary() -> bool:
+def primary() -> bool:
     return jax.process_index() == 0
 
 
-def _say(msg: str) -> None:
-    if _primary():
+def say(msg: str) -> None:
+    if primary():
         print(msg, flush=True)
 
 
@@ -112,8 +111,8 @@ def run_train(config_path: str | None, run_dir: Path | None, overrides: Sequence
             raise rundir.RunDirError("with several processes give --run-dir (a directory every host can reach)")
         run_dir = rundir.default_run_dir(config_path)
     run_dir = Path(run_dir)
-    _locked_out(lambda: check_unlocked(run_dir) if _primary() else None)  # fail fast, before any work
-    cfg, saved = rundir.resolve_for_train(config_path, run_dir, overrides)
+    _locked_out(lambda: check_unlocked(run_dir) if primary() else None)  # fail fast, before any work
+    cfg, saved = resume.resolve_for_train(config_path, run_dir, overrides)
     cfg.data.per_host_batch(jax.process_count())  # DataError if not divisible
 
     # ---- validate everything before writing anything
@@ -131,7 +130,7 @@ def run_train(config_path: str | None, run_dir: Path | None, overrides: Sequence
         multihost_utils.sync_global_devices("deqdist: inputs validated")
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    lock = _locked_out(lambda: RunLock(run_dir) if _primary() else None)
+    lock = _locked_out(lambda: RunLock(run_dir) if primary() else None)
     try:
         return _start_and_train(session, run_dir, cfg, saved, corpus, data_it, stop_after, scanned)
     finally:
@@ -164,18 +163,18 @@ def _start_and_train(session: Session, run_dir: Path, cfg: Config, saved: Config
     resumed = start is not None
     if not resumed:
         state, start = init_state(cfg, session.spec), 0
-    if _primary():
+    if primary():
         cfg.save(run_dir / rundir.CONFIG)  # first file of a new run: a dir without it is restarted from scratch
         rundir.write_json(run_dir / rundir.CORPUS, corpus.info())
         rundir.append_runlog(run_dir, _run_entry(session, start, resumed, saved, cfg))
     n_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(session.spec.abstract["params"]))
     mesh_desc = " x ".join(f"{k}={v}" for k, v in session.mesh.shape.items())
-    _say(f"run dir: {run_dir}")
-    _say(f"model: {n_params:,} parameters; mesh {mesh_desc} on {jax.device_count()} {jax.devices()[0].platform} "
+    say(f"run dir: {run_dir}")
+    say(f"model: {n_params:,} parameters; mesh {mesh_desc} on {jax.device_count()} {jax.devices()[0].platform} "
          f"device(s), {jax.process_count()} process(es); corpus {corpus.name} "
          f"({corpus.sizes()['train']:,} train {'bytes' if corpus.kind == 'bytes' else 'tokens'})")
     if resumed:
-        _say(f"resumed from checkpoint at step {start}")
+        say(f"resumed from checkpoint at step {start}")
     return _train_loop(session, state, start, corpus, data_it, stop_after)
 
 
@@ -197,10 +196,10 @@ def _run_entry(session: Session, start: int, resumed: bool, saved: Config | None
 
 def _train_loop(session: Session, state, start: int, corpus: Corpus, data_it, stop_after: int | None) -> int:
     cfg, steps, ckpt = session.cfg, session.steps, session.open_checkpoints()
-    total, primary = cfg.train.steps, _primary()
+    total, is_primary = cfg.train.steps, primary()
     tb_dir = session.run_dir / rundir.TB if cfg.logging.tensorboard else None
-    sink = MetricsSink(session.run_dir / rundir.METRICS, tb_dir, enabled=primary, resume_step=start)
-    progress = Progress(cfg.logging.progress, total=total, initial=start, enabled=primary)
+    sink = MetricsSink(session.run_dir / rundir.METRICS, tb_dir, enabled=is_primary, resume_step=start)
+    progress = Progress(cfg.logging.progress, total=total, initial=start, enabled=is_primary)
     checkpointer = Checkpointer(ckpt, cfg.checkpoint.every, data_it, start)
     step = start
     try:
@@ -219,13 +218,13 @@ def _train_loop(session: Session, state, start: int, corpus: Corpus, data_it, st
                         checkpointer.ensure_saved(step, state, wait=True)
                     ckpt.wait()
                     progress.close()
-                    say_stop(stop, primary)
+                    say_stop(stop, is_primary)
                     return stop.code
             checkpointer.ensure_saved(step, state)
             ckpt.wait()  # sealed before the final evaluation: a crash there resumes at the last step
             progress.close()
             if start >= total:
-                _say(f"run is already at step {start} = train.steps; nothing to train (raise train.steps to go on)")
+                say(f"run is already at step {start} = train.steps; nothing to train (raise train.steps to go on)")
             code = _finish(session, state, corpus, step, sink)
             ckpt.wait()
     finally:
@@ -277,20 +276,20 @@ def _finish(session: Session, state, corpus: Corpus, step: int, sink: MetricsSin
         ids = generate(session.spec, cfg, state["params"], corpus.encode(log_cfg.sample_prompt) or [10],
                        log_cfg.sample_tokens, temperature=log_cfg.sample_temperature, seed=cfg.train.seed)
         sample = log_cfg.sample_prompt + corpus.decode(ids)
-    if _primary():
+    if primary():
         if corpus.kind == "bytes":
-            _say(f"test bits/byte: {res_test['bpb']:.4f} (loss {res_test['loss']:.4f} nats/byte over "
+            say(f"test bits/byte: {res_test['bpb']:.4f} (loss {res_test['loss']:.4f} nats/byte over "
                  f"{int(res_test['tokens']):,} bytes, {coverage(res_test)} of the test split; "
                  f"valid {res_valid['bpb']:.4f})")
         else:
-            _say(f"test perplexity: {res_test['ppl']:.2f} (loss {res_test['loss']:.4f} nats/token over "
+            say(f"test perplexity: {res_test['ppl']:.2f} (loss {res_test['loss']:.4f} nats/token over "
                  f"{int(res_test['tokens']):,} tokens, {coverage(res_test)} of the test split; "
                  f"valid {res_valid['ppl']:.2f})"
                  + (f"; test bits/byte of text: {res_test['bpb']:.4f}" if "bpb" in res_test else ""))
         if sample is not None:
-            _say(f"sample (temperature {log_cfg.sample_temperature}, {log_cfg.sample_tokens} "
+            say(f"sample (temperature {log_cfg.sample_temperature}, {log_cfg.sample_tokens} "
                  f"{'bytes' if corpus.kind == 'bytes' else 'tokens'}, prompt {log_cfg.sample_prompt!r}):")
-            _say("-" * 60 + "\n" + sample + "\n" + "-" * 60)
+            say("-" * 60 + "\n" + sample + "\n" + "-" * 60)
         results = {"step": step, "valid": res_valid, "test": res_test, "sample": sample, "corpus": corpus.info()}
         rundir.write_json(session.run_dir / rundir.RESULTS, results)
     return 0
@@ -298,15 +297,15 @@ def _finish(session: Session, state, corpus: Corpus, step: int, sink: MetricsSin
 
 class _Printer(Progress):
     def __init__(self):
-        super().__init__("off", total=0, initial=0, enabled=_primary())
+        super().__init__("off", total=0, initial=0, enabled=primary())
 
 
 # ---------------------------------------------------------------------------
-# deqdist eval / generate
+# a finished run (deqdist eval / generate, the benchmarks)
 # ---------------------------------------------------------------------------
 def open_run(run_dir: Path, overrides: Sequence[str]) -> tuple[Session, Any, int]:
     """(session, restored state, step) of a run directory's newest checkpoint (RunDirError if none)."""
-    cfg = rundir.resolve_for_run(run_dir, overrides)
+    cfg = resume.resolve_for_run(run_dir, overrides)
     ck_dir = run_dir / rundir.CHECKPOINTS
     if not ck_dir.is_dir():
         raise rundir.RunDirError(f"{run_dir} has no checkpoints yet ({ck_dir} is missing)")
@@ -320,70 +319,3 @@ def open_run(run_dir: Path, overrides: Sequence[str]) -> tuple[Session, Any, int
         session.close()
         raise rundir.RunDirError(f"{run_dir} has no complete checkpoint in {ck_dir}")
     return session, state, step
-
-
-def run_eval(run_dir: Path, overrides: Sequence[str], *, splits: Sequence[str], batches: int | None) -> int:
-    run_dir = Path(run_dir)
-    cfg = rundir.resolve_for_run(run_dir, overrides)
-    corpus = load_data(cfg)
-    rundir.check_corpus(run_dir, corpus.info())
-    session, state, step = open_run(run_dir, overrides)
-    # A reversible model is scored as it ran (its coupled steps, on windows) and, for comparison, at
-    # the fixed point solver.fwd finds for the same parameters.
-    fixed_point = fixed_point_steps(session.steps) if cfg.solver.grad == "reversible" else None
-    try:
-        out = {"step": step}
-        for split in splits:
-            mb = batches if batches is not None else (cfg.data.eval_batches if split == "valid" else cfg.train.test_batches)
-            res = evaluate(session.steps, state["params"], corpus, cfg, split, mode="deq", max_batches=mb)
-            out[split] = res
-            how = f", {reversible_note(cfg)}" if fixed_point else ""
-            _say(f"step {step} {split} ({res['batches']} batches, {int(res['tokens']):,} tokens, {coverage(res)}{how}): "
-                 f"{summary(res, ('loss', 'bpb', 'ppl', 'fwd_iters', 'fwd_hit_max'))}")
-            if fixed_point is not None:
-                res["fixed_point"] = fp = evaluate(fixed_point, state["params"], corpus, cfg, split, max_batches=mb)
-                _say(f"step {step} {split} at the fixed point ({cfg.solver.fwd.method}, tol {cfg.solver.fwd.tol:g}): "
-                     f"{summary(fp, ('loss', 'bpb', 'ppl', 'fwd_iters', 'fwd_hit_max'))}")
-        _say(json.dumps(finite_or_null(out), allow_nan=False))
-    finally:
-        session.close()
-    return 0
-
-
-def run_generate(run_dir: Path, overrides: Sequence[str], *, prompt: str | None, prompt_ids: Sequence[int] | None,
-                 tokens: int, temperature: float, seed: int, cache: bool = True) -> int:
-    run_dir = Path(run_dir)
-    cfg = rundir.resolve_for_run(run_dir, overrides)
-    info = rundir.read_json(run_dir / rundir.CORPUS, {})
-    kind = info.get("kind", "bytes") if isinstance(info, dict) else "bytes"
-    codec = corpus_codec(cfg.data.corpus)  # a prepared corpus's tokenizer: text in, text out
-    text = ""
-    if prompt_ids is None:
-        if kind != "bytes" and codec is None:
-            raise rundir.RunDirError(f"{run_dir} was trained on tokenizer ids, not bytes; pass --prompt-ids 1,2,3")
-        text = cfg.logging.sample_prompt if prompt is None else prompt
-        prompt_ids = codec.document(text) if codec is not None else list(text.encode("utf-8"))
-        if not prompt_ids:
-            raise rundir.RunDirError("--prompt is empty; give at least one character")
-    bad = [i for i in prompt_ids if not 0 <= i < cfg.model.vocab_size]
-    if bad:
-        raise rundir.RunDirError(f"prompt ids {bad[:5]} are outside [0, model.vocab_size={cfg.model.vocab_size})")
-    session, state, step = open_run(run_dir, overrides)
-    try:
-        gen = generate_batch(session.spec, cfg, state["params"], [prompt_ids], tokens, temperature=temperature,
-                             seed=seed, cache=cache)
-        ids = gen.tokens[0]
-    finally:
-        session.close()
-    if _primary():
-        if codec is not None:
-            print((text or codec.decode(prompt_ids)) + codec.decode(ids), flush=True)
-        elif kind == "bytes":
-            from deqdist.data import decode
-
-            print(decode(prompt_ids) + decode(ids), flush=True)
-        else:
-            print(" ".join(str(i) for i in list(prompt_ids) + ids), flush=True)
-        path = decoding_path(cfg, cache)
-        print(f"generate ({path}, {len(ids)} tokens): {gen.summary()}", file=sys.stderr, flush=True)
-    return 0

@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from deqdist.atomic import write_atomic
+from deqdist.store.atomic import write_atomic
+from deqdist.store.rundir import finite_or_null
 
 
 def loss_scores(loss: float, kind: str, bytes_per_token: float | None = None) -> dict[str, float]:
@@ -78,17 +79,6 @@ def _num(v):
     except (TypeError, ValueError):
         return v
     return int(f) if isinstance(v, int) else f
-
-
-def finite_or_null(obj: Any) -> Any:
-    """obj with every NaN / infinity (also nested in dicts and lists) replaced by None."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: finite_or_null(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite_or_null(v) for v in obj]
-    return obj
 
 
 def _truncate_after(path: Path, step: int) -> None:

@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from deqdist.model import get_preset
+from deqdist.model import DEQTransformer
+from model_presets import get_preset
 
 
 @pytest.fixture(scope="session")
@@ -14,7 +15,7 @@ def tiny_cfg():
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_cfg):
-    return tiny_cfg.create(nnx.Rngs(0))
+    return DEQTransformer(tiny_cfg, rngs=nnx.Rngs(0))
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from deqdist.model import get_preset
+from deqdist.model import DEQTransformer
+from model_presets import get_preset
 from deqdist.model.attention import blockwise_causal_attention
 from harness import deq_cfg, max_rel_err, reference_step, sharded_step
 
@@ -81,8 +82,8 @@ def test_float32_and_bfloat16_match_dense():
 
 def test_block_uses_it():
     """The model's block f with attention_block = 6 equals f with dense attention (and its vjp)."""
-    dense = get_preset("tiny", dropout=0.0).create(nnx.Rngs(0))
-    blocked = get_preset("tiny", dropout=0.0, attention_block=6).create(nnx.Rngs(0))
+    dense = DEQTransformer(get_preset("tiny", dropout=0.0), rngs=nnx.Rngs(0))
+    blocked = DEQTransformer(get_preset("tiny", dropout=0.0, attention_block=6), rngs=nnx.Rngs(0))
     tokens = jax.random.randint(jax.random.key(1), (2, 32), 0, 256)
     x = dense.inject(tokens, deterministic=True)
     (f0, p0), (f1, p1) = dense.split_block(), blocked.split_block()
@@ -99,8 +100,8 @@ def test_sharded_deq_step_equals_single_device_dense():
     if jax.device_count() < 8:
         pytest.skip("needs 8 devices")
     tokens = jax.random.randint(jax.random.key(1), (8, 64), 0, 256)
-    dense = get_preset("tiny", n_heads=8).create(nnx.Rngs(0))
-    blocked = get_preset("tiny", n_heads=8, attention_block=24).create(nnx.Rngs(0))
+    dense = DEQTransformer(get_preset("tiny", n_heads=8), rngs=nnx.Rngs(0))
+    blocked = DEQTransformer(get_preset("tiny", n_heads=8, attention_block=24), rngs=nnx.Rngs(0))
     cfg = deq_cfg("broyden")
     loss0, grads0, aux0 = reference_step(dense, tokens, cfg)
     (loss, grads, aux), _, _ = sharded_step(blocked, tokens, cfg, (2, 1, 4))

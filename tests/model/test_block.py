@@ -15,7 +15,8 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from deqdist.model import Collectives, block_params_and_specs, get_preset
+from deqdist.model import Collectives, DEQTransformer, block_params_and_specs
+from model_presets import get_preset
 
 TP = 2
 TENSOR_NAMES = ("heads", "mlp")
@@ -23,7 +24,7 @@ TENSOR_NAMES = ("heads", "mlp")
 
 def _setup(dropout, weight_norm=False):
     cfg = get_preset("tiny", dropout=dropout, weight_norm=weight_norm)
-    model = cfg.create(nnx.Rngs(3))
+    model = DEQTransformer(cfg, rngs=nnx.Rngs(3))
     tokens = jax.random.randint(jax.random.key(4), (2, 16), 0, 256)
     x = model.inject(tokens, deterministic=dropout == 0, key=jax.random.key(5))
     f, params = model.split_block()

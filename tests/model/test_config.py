@@ -5,13 +5,14 @@ import yaml
 from flax import nnx
 
 from deqdist import presets
-from deqdist.model import ModelConfig, get_preset, param_count
+from deqdist.model import DEQTransformer, ModelConfig, param_count
+from model_presets import get_preset
 
 
 @pytest.mark.parametrize("name", presets.names())
 def test_presets_validate_and_count(name):
     cfg = get_preset(name)
-    model = nnx.eval_shape(lambda: cfg.create(nnx.Rngs(0)))  # no allocation
+    model = nnx.eval_shape(lambda: DEQTransformer(cfg, rngs=nnx.Rngs(0)))  # no allocation
     assert param_count(model) == cfg.param_count()
 
 

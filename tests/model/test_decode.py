@@ -13,7 +13,8 @@ import numpy as np
 from flax import nnx
 
 from deqdist.deq import DEQConfig
-from deqdist.model import SolveHooks, get_preset
+from deqdist.model import DEQTransformer, SolveHooks
+from model_presets import get_preset
 from deqdist.model.decode import prefill, step
 from deqdist.model.layers import rope
 from deqdist.solvers import SolverConfig
@@ -81,7 +82,7 @@ def test_beyond_seq_len_is_the_sliding_window_equilibrium():
     joint fixed point of the whole sequence under causal attention limited to seq_len positions."""
     S, T, P = 8, 30, 5
     cfg = get_preset("tiny", dropout=0.0, seq_len=S)
-    model = cfg.create(nnx.Rngs(3))
+    model = DEQTransformer(cfg, rngs=nnx.Rngs(3))
     tokens = jax.random.randint(jax.random.key(4), (2, T), 0, cfg.vocab_size)
     f, params = model.split_block()
     graphdef, _ = nnx.split(model.block)
@@ -104,7 +105,7 @@ def test_bf16_compute_decodes():
     """bf16 projections: f's relative residual has a floor of ~1e-3, so solve to 2e-3; the two
     paths then agree to the bf16 rounding of the logits' inputs (a few 1e-3 relative)."""
     cfg = get_preset("tiny", dropout=0.0, dtype="bfloat16")
-    model = cfg.create(nnx.Rngs(0))
+    model = DEQTransformer(cfg, rngs=nnx.Rngs(0))
     dc = DEQConfig(fwd=SolverConfig(tol=2e-3, max_iter=60))
     tokens = jax.random.randint(jax.random.key(6), (2, 24), 0, 256)
     full, aux = model(tokens, SolveHooks(deq_cfg=dc))

@@ -4,14 +4,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from deqdist.model import Collectives, SolveHooks, get_preset, local_unroll
+from deqdist.model import Collectives, DEQTransformer, SolveHooks, local_unroll
+from model_presets import get_preset
 from deqdist.solvers import SampleReduce
 
 per_sample_norm = SampleReduce().norm
 
 
 def _model(rate=0.3):
-    return get_preset("tiny", dropout=rate, emb_dropout=0.1).create(nnx.Rngs(0))
+    return DEQTransformer(get_preset("tiny", dropout=rate, emb_dropout=0.1), rngs=nnx.Rngs(0))
 
 
 def test_masks_drawn_once_and_shaped_like_z(tokens):

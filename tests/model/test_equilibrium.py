@@ -6,7 +6,8 @@ import pytest
 from flax import nnx
 
 from deqdist.deq import DEQConfig
-from deqdist.model import Collectives, SolveHooks, get_preset
+from deqdist.model import Collectives, DEQTransformer, SolveHooks
+from model_presets import get_preset
 from deqdist.solvers import SampleReduce, SolverConfig
 
 per_sample_norm = SampleReduce().norm
@@ -24,7 +25,7 @@ def _rel_residual(model, tokens, z):
 
 @pytest.mark.parametrize("preset,batch,seq", [("tiny", 4, 64), ("small", 1, 256)])
 def test_fresh_model_converges_with_broyden(preset, batch, seq):
-    model = get_preset(preset, dropout=0.0).create(nnx.Rngs(0))
+    model = DEQTransformer(get_preset(preset, dropout=0.0), rngs=nnx.Rngs(0))
     tokens = jax.random.randint(jax.random.key(1), (batch, seq), 0, 256)
     z, aux = nnx.jit(lambda m, t: m.features(t, SolveHooks(deq_cfg=BROYDEN)))(model, tokens)
     st = aux["fwd_stats"]
@@ -61,7 +62,7 @@ def test_fixed_point_map_is_the_models_problem(tiny_model, tokens):
 
 
 def test_bfloat16_compute_float32_state(tokens):
-    model = get_preset("tiny", dtype="bfloat16").create(nnx.Rngs(0))
+    model = DEQTransformer(get_preset("tiny", dtype="bfloat16"), rngs=nnx.Rngs(0))
     f, params = model.split_block()
     assert params["wq"].get_value().dtype == jnp.bfloat16
     assert params["ln_out"]["scale"].get_value().dtype == jnp.float32

@@ -5,7 +5,8 @@ import pytest
 from flax import nnx
 
 from deqdist.deq import DEQConfig, backward_sink
-from deqdist.model import SolveHooks, get_preset, lm_loss
+from deqdist.model import DEQTransformer, SolveHooks, lm_loss
+from model_presets import get_preset
 from deqdist.solvers import SolverConfig
 
 TIGHT = DEQConfig(
@@ -28,7 +29,7 @@ def _flat(state):
 
 
 def test_implicit_grads_match_explicit_twin():
-    model = get_preset("tiny", tie_embeddings=False).create(nnx.Rngs(0))
+    model = DEQTransformer(get_preset("tiny", tie_embeddings=False), rngs=nnx.Rngs(0))
     tokens = jax.random.randint(jax.random.key(1), (2, 33), 0, 256)
     g_deq = _flat(_grads(model, tokens, SolveHooks(deq_cfg=TIGHT)))
     g_exp = _flat(_grads(model, tokens, SolveHooks(mode="explicit", n_unroll=60)))
@@ -41,7 +42,7 @@ def test_implicit_grads_match_explicit_twin():
 
 def test_every_parameter_gets_a_gradient():
     # untied head + weight norm + dropout: every kind of parameter, every path
-    model = get_preset("tiny", tie_embeddings=False, weight_norm=True, dropout=0.1).create(nnx.Rngs(0))
+    model = DEQTransformer(get_preset("tiny", tie_embeddings=False, weight_norm=True, dropout=0.1), rngs=nnx.Rngs(0))
     tokens = jax.random.randint(jax.random.key(1), (2, 33), 0, 256)
     cfg = DEQConfig(fwd=SolverConfig(max_iter=30, tol=1e-3), bwd=SolverConfig(max_iter=30, tol=1e-3))
     grads = _grads(model, tokens, SolveHooks(deq_cfg=cfg), deterministic=False, key=jax.random.key(2))

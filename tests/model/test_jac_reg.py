@@ -5,12 +5,13 @@ import numpy as np
 from flax import nnx
 
 from deqdist.deq import DEQConfig
-from deqdist.model import Collectives, SolveHooks, get_preset
+from deqdist.model import Collectives, DEQTransformer, SolveHooks
+from model_presets import get_preset
 from deqdist.solvers import SolverConfig
 
 
 def test_jac_reg_estimate_matches_exact():
-    model = get_preset("tiny").create(nnx.Rngs(0))
+    model = DEQTransformer(get_preset("tiny"), rngs=nnx.Rngs(0))
     tokens = jax.random.randint(jax.random.key(1), (1, 4), 0, 256)
     cfg = DEQConfig(fwd=SolverConfig(tol=1e-6, max_iter=60))
     graphdef, state = nnx.split(model)

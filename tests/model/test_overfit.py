@@ -6,12 +6,13 @@ import optax
 from flax import nnx
 
 from deqdist.deq import DEQConfig
-from deqdist.model import SolveHooks, get_preset, lm_loss
+from deqdist.model import DEQTransformer, SolveHooks, lm_loss
+from model_presets import get_preset
 from deqdist.solvers import SolverConfig
 
 
 def test_tiny_deq_overfits_one_batch():
-    model = get_preset("tiny", dropout=0.0).create(nnx.Rngs(0))
+    model = DEQTransformer(get_preset("tiny", dropout=0.0), rngs=nnx.Rngs(0))
     opt = nnx.Optimizer(model, optax.adam(3e-3), wrt=nnx.Param)
     cfg = DEQConfig(fwd=SolverConfig(method="broyden", max_iter=30, tol=1e-3),
                     bwd=SolverConfig(method="broyden", max_iter=30, tol=1e-3))

@@ -5,14 +5,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from deqdist.model import (
-    LOGICAL_AXES,
-    SolveHooks,
-    block_params_and_specs,
-    get_preset,
-    lm_loss,
-    logical_specs,
-)
+from deqdist.model import LOGICAL_AXES, DEQTransformer, SolveHooks, block_params_and_specs, lm_loss, logical_specs
+from model_presets import get_preset
 
 
 def _flat(state):
@@ -21,7 +15,7 @@ def _flat(state):
 
 def test_every_param_has_logical_names():
     # untied head + weight norm: every kind of parameter exists
-    model = get_preset("tiny", tie_embeddings=False, weight_norm=True).create(nnx.Rngs(0))
+    model = DEQTransformer(get_preset("tiny", tie_embeddings=False, weight_norm=True), rngs=nnx.Rngs(0))
     state = nnx.state(model, nnx.Param)
     specs = logical_specs(model)
     arrays, spec_leaves = _flat(state), _flat(specs)
@@ -51,7 +45,7 @@ def test_every_param_has_logical_names():
 
 
 def test_block_params_and_specs_match():
-    model = get_preset("tiny").create(nnx.Rngs(0))
+    model = DEQTransformer(get_preset("tiny"), rngs=nnx.Rngs(0))
     state, specs = block_params_and_specs(model)
     assert jax.tree.structure(nnx.get_partition_spec(state), is_leaf=lambda x: isinstance(x, P)) == \
         jax.tree.structure(specs, is_leaf=lambda x: isinstance(x, P))

@@ -8,7 +8,8 @@ import numpy as np
 from flax import nnx
 
 from deqdist.deq import DEQConfig, backward_sink
-from deqdist.model import SolveHooks, get_preset
+from deqdist.model import DEQTransformer, SolveHooks
+from model_presets import get_preset
 from deqdist.model.collectives import LOCAL
 from deqdist.reversible import ReversibleConfig
 
@@ -39,7 +40,7 @@ def test_f64_model_gradient_equals_unrolled_coupled_iteration():
         # float32 even for float64 inputs; the blockwise path keeps float64 throughout.
         cfg = get_preset("tiny", d_model=32, n_heads=2, d_mlp=64, dtype="float64", param_dtype="float64",
                          state_dtype="float64", attention_block=8)
-        model = cfg.create(nnx.Rngs(0))
+        model = DEQTransformer(cfg, rngs=nnx.Rngs(0))
         tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, 256)
         f, params = model.split_block()
         x = model.inject(tokens)

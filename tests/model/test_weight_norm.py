@@ -4,13 +4,14 @@ import numpy as np
 from flax import nnx
 
 import deqdist.model.block as block_mod
-from deqdist.model import WEIGHT_NORM_AXES, SolveHooks, get_preset, local_unroll
+from deqdist.model import WEIGHT_NORM_AXES, DEQTransformer, SolveHooks, local_unroll
+from model_presets import get_preset
 
 
 def test_identity_at_init(tokens):
     """g = ||V|| at init, so the weight-normalised model equals the plain one (same seed)."""
-    plain = get_preset("tiny").create(nnx.Rngs(0))
-    wn = get_preset("tiny", weight_norm=True).create(nnx.Rngs(0))
+    plain = DEQTransformer(get_preset("tiny"), rngs=nnx.Rngs(0))
+    wn = DEQTransformer(get_preset("tiny", weight_norm=True), rngs=nnx.Rngs(0))
     run = nnx.jit(lambda m, t: m(t, SolveHooks(mode="explicit", n_unroll=3))[0])
     a = run(plain, tokens)
     b = run(wn, tokens)
@@ -18,7 +19,7 @@ def test_identity_at_init(tokens):
 
 
 def test_hook_receives_normalised_params_and_normalises_once(tokens, monkeypatch):
-    model = get_preset("tiny", weight_norm=True).create(nnx.Rngs(0))
+    model = DEQTransformer(get_preset("tiny", weight_norm=True), rngs=nnx.Rngs(0))
     # make V differ from the normalised weight
     for name in WEIGHT_NORM_AXES:
         var = getattr(model.block, name)
@@ -45,7 +46,7 @@ def test_hook_receives_normalised_params_and_normalises_once(tokens, monkeypatch
 
 
 def test_weight_norm_gradients_reach_gains(tokens):
-    model = get_preset("tiny", weight_norm=True).create(nnx.Rngs(0))
+    model = DEQTransformer(get_preset("tiny", weight_norm=True), rngs=nnx.Rngs(0))
 
     def loss(m):
         logits, _ = m(tokens, SolveHooks(mode="explicit", n_unroll=3))

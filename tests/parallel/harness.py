@@ -11,6 +11,7 @@ from flax import nnx
 from deqdist import presets
 from deqdist.config import Config, load_config
 from deqdist.deq import DEQConfig
+from deqdist.model import DEQTransformer
 from deqdist.solvers import SolverConfig
 from deqdist.train.step import Steps
 
@@ -40,7 +41,7 @@ def config(cfg: DEQConfig, sizes=(1, 1, 1), *, lockstep: str = "sample", batch: 
 
 
 def model_and_tokens(batch: int = 8, seq: int = 64, seed: int = 0):
-    model = load_config(presets.path("tiny"), MODEL).model.create(nnx.Rngs(seed))
+    model = DEQTransformer(load_config(presets.path("tiny"), MODEL).model, rngs=nnx.Rngs(seed))
     tokens = jax.random.randint(jax.random.key(seed + 1), (batch, seq), 0, 256)
     return model, tokens
 

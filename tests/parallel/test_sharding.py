@@ -3,13 +3,14 @@ import jax
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from deqdist.model import get_preset
+from deqdist.model import DEQTransformer
+from model_presets import get_preset
 from deqdist.parallel import ParallelConfig, activation_spec, batch_sharding, make_mesh, param_shardings, state_specs
 from deqdist.parallel.sharding import mesh_spec
 
 
 def test_param_shardings_follow_the_rule_table():
-    model = get_preset("tiny", n_heads=8).create(nnx.Rngs(0))
+    model = DEQTransformer(get_preset("tiny", n_heads=8), rngs=nnx.Rngs(0))
     state = nnx.state(model, nnx.Param)
     specs = state_specs(state, ParallelConfig())
     assert specs["block"]["wq"].get_value() == P("fsdp", "tensor", None)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from deqdist import cli
-from deqdist.train.lock import RunLock
+from deqdist.store.lock import RunLock
 
 BAD_UTF8 = b"\xff\xfe".decode("utf-8", "surrogateescape")  # how Python passes non-UTF-8 argv bytes
 

@@ -13,7 +13,7 @@ from trainutil import SMALL
 
 from deqdist.config import load_config
 from deqdist.parallel import make_mesh
-from deqdist.train.generate import make_sampler
+from deqdist.train.sample import make_sampler
 from deqdist.train.loop import open_run
 from deqdist.train.state import init_state, state_spec
 

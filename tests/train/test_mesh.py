@@ -4,6 +4,7 @@ import pytest
 from flax import nnx
 
 from deqdist.config import ConfigError, load_config
+from deqdist.model import DEQTransformer
 from deqdist.train.mesh import batch_sharding, build_mesh, check_layout, decode_shardings, param_shardings
 
 
@@ -22,7 +23,7 @@ def test_impossible_mesh_is_a_config_error_naming_the_devices():
 
 def _layout(cfg):
     mesh = build_mesh(cfg)
-    params = nnx.state(nnx.eval_shape(lambda: cfg.model.create(nnx.Rngs(0))), nnx.Param)
+    params = nnx.state(nnx.eval_shape(lambda: DEQTransformer(cfg.model, rngs=nnx.Rngs(0))), nnx.Param)
     check_layout(cfg, mesh, nnx.to_pure_dict(params), nnx.to_pure_dict(param_shardings(params, mesh, cfg)))
 
 

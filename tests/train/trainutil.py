@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from deqdist.train.checkpoint import MANIFEST
+from deqdist.store.checkpoint import MANIFEST
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib.util
 import os
 
-from deqdist.config import ConfigError
+from deqdist.typed_config import ConfigError
 
 
 class PlatformError(ConfigError):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from ports import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def info(*args, platforms: str = "cpu") -> subprocess.CompletedProcess:

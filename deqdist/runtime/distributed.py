@@ -28,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from deqdist.config import ConfigError
+from deqdist.typed_config import ConfigError
 
 EXIT_JOB = 3  # the job failed (a peer never came or was lost); the run dir is intact, resume it
 PROGRESS_EVERY = 15.0
@@ -192,7 +192,7 @@ class PeerWatch(threading.Thread):
 
 def newest_checkpoint(run_dir: Path) -> int | None:
     """Highest sealed step in RUN_DIR/checkpoints (sealed: saved whole and checksummed, see checkpoint.py)."""
-    from deqdist.train.checkpoint import is_sealed
+    from deqdist.store.checkpoint import is_sealed
 
     d = Path(run_dir) / "checkpoints"
     steps = [int(p.name) for p in d.iterdir() if p.name.isdigit() and is_sealed(p)] if d.is_dir() else []
@@ -282,7 +282,7 @@ def maybe_initialize(coordinator: str | None = None, num_processes: int | None =
             raise ConfigError(f"--process-id {process_id} is not in [0, --num-processes={num_processes})")
     import jax
 
-    from deqdist.train.platform import skip_absent_tpu
+    from deqdist.runtime.platform import skip_absent_tpu
 
     skip_absent_tpu()
     watch = _JoinWatch(coordinator or "the auto-detected coordinator", coord, process_id, num_processes, wait)
@@ -303,7 +303,7 @@ def maybe_initialize(coordinator: str | None = None, num_processes: int | None =
         raise ConfigError(f"JAX could not set up the multi-process job ({first.strip().rstrip('.')}); --distributed "
                           f"finds TPU pods and SLURM jobs by itself, elsewhere give --coordinator, --num-processes "
                           f"and --process-id") from None
-    from deqdist.train.platform import require_backend
+    from deqdist.runtime.platform import require_backend
 
     try:
         require_backend()  # the device exchange with every peer is part of joining

@@ -22,18 +22,18 @@ import math
 import os
 import re
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import jax
+from deqdist.main.args import CONFIG_HELP, add_overrides
+from deqdist.report import table
+from deqdist.store.atomic import write_atomic
+from deqdist.typed_config import ConfigError
 
-from deqdist.bench.common import table
-from deqdist.config import Config, ConfigError, load_config
-from deqdist.parallel.flops import dot_flops
-from deqdist.parallel.hlo import solver_loops
-from deqdist.train.step import Steps
+if TYPE_CHECKING:
+    from deqdist.config import Config
+    from deqdist.train.step import Steps
 
 EXIT_DOES_NOT_FIT = 5
 VARIANTS = ("warmup", "deq", "deq+jac", "twin12", "twin24")
@@ -57,6 +57,8 @@ def _quiet_stderr():
 
 def topology_devices(name: str, slices: int = 1) -> list:
     """The abstract devices of `slices` slices of TPU topology `name` (ConfigError if unknown)."""
+    import jax
+
     if slices < 1:
         raise ConfigError(f"--slices must be a positive integer, got {slices}")
     # Off a TPU VM, libtpu must not ask the cloud metadata server what hardware it runs on; and
@@ -114,11 +116,15 @@ def variants(cfg: Config, wanted: Sequence[str]) -> list[Variant]:
 
 
 def _shard_bytes(abstract: Any, shardings: Any) -> int:
+    import jax
+
     return sum(math.prod(s.shard_shape(a.shape)) * a.dtype.itemsize
                for a, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings)))
 
 
 def _loop_collectives(hlo: str, shapes: Sequence[tuple[int, ...]]) -> list[dict[str, int]]:
+    from deqdist.parallel.hlo import solver_loops
+
     for shape in shapes:
         loops = solver_loops(hlo, shape)
         if loops:
@@ -128,6 +134,10 @@ def _loop_collectives(hlo: str, shapes: Sequence[tuple[int, ...]]) -> list[dict[
 
 def compile_variant(steps: Steps, v: Variant) -> dict:
     """Lower and compile one train step for the mesh's devices; its per-device memory, FLOPs, loops."""
+    import jax
+
+    from deqdist.parallel.flops import dot_flops
+
     cfg, spec = steps.cfg, steps.spec
     state = spec.abstract_for_restore()
     row = {"variant": v.name, "trained": v.trained, "n_unroll": v.n_unroll if v.mode == "explicit" else None}
@@ -165,6 +175,8 @@ def compile_variant(steps: Steps, v: Variant) -> dict:
 
 
 def compile_report(cfg: Config, topology: str, slices: int, wanted: Sequence[str]) -> dict:
+    from deqdist.train.step import Steps
+
     devices = topology_devices(topology, slices)
     hbm = hbm_per_device(devices)
     built: dict[int, Steps] = {}
@@ -228,14 +240,6 @@ def format_report(r: dict) -> str:
     return head + table(cols, rows)
 
 
-def _write_json(path: Path, report: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(report, f, indent=1)
-    os.replace(tmp, path)
-
-
 def parse_variants(text: str | None) -> list[str]:
     if text is None:
         return list(VARIANTS)
@@ -246,17 +250,45 @@ def parse_variants(text: str | None) -> list[str]:
     return wanted
 
 
+def add_parser(commands) -> None:
+    p = commands.add_parser("compile", help="compile the train steps for a TPU slice you do not have: does the "
+                            "config fit?", description="Compile the real train steps ahead of time for a TPU "
+                            "topology (no TPU needed; needs libtpu: pip install 'deqdist[tpu]') and report "
+                            "per-device memory, FLOPs and collectives. Exit 0: fits; 5: a step this config trains "
+                            "does not fit; 2: bad input.")
+    p.add_argument("--topology", required=True, metavar="NAME", help="libtpu topology name, e.g. v5p:2x2x2, "
+                   "v5e:4x4, v6e:8x8, v4:2x2x2")
+    p.add_argument("--slices", type=int, default=1, metavar="N", help="number of slices (multi-slice over DCN; "
+                   "set parallel.dcn_data to N or a multiple)")
+    p.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    p.add_argument("--variants", metavar="LIST", help="comma-separated subset of warmup,deq,deq+jac,twin12,twin24 "
+                   "(default: all)")
+    p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    add_overrides(p)
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    return run_compile(args.config, args.overrides, topology=args.topology, slices=args.slices,
+                       variants_text=args.variants, json_path=args.json)
+
+
 def run_compile(config_path: str | None, overrides: Sequence[str], *, topology: str, slices: int = 1,
                 variants_text: str | None = None, json_path: str | None = None) -> int:
     # Everything runs on the host's CPU; the TPU is only a compilation target (on a TPU VM this
     # leaves the chips to the trainer).
+    import jax
+
+    from deqdist.config import load_config
+
     jax.config.update("jax_platforms", "cpu")
     cfg = load_config(config_path, overrides)
     wanted = parse_variants(variants_text)
     report = compile_report(cfg, topology, slices, wanted)
     print(format_report(report), flush=True)
     if json_path:
-        _write_json(Path(json_path), report)
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(Path(json_path), json.dumps(report, indent=1))
     over = [v for v in report["variants"] if v["trained"] and not v["fits"]]
     if over:
         v = over[0]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from trainutil import MESH_2_1_4, SMALL, STEPS, checkpoint_steps, last_logged_step, losses, wait_for
 
-from deqdist.train.checkpoint import MANIFEST
+from deqdist.store.checkpoint import MANIFEST
 
 
 def _array_files(step_dir: Path) -> list[Path]:

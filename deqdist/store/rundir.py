@@ -1,4 +1,4 @@
-"""The run directory: what is in it, how a config is resolved against it, what may change on resume.
+"""The run directory: what is in it, how its files are written and read, which corpus it was trained on.
 
     RUN_DIR/
       config.yaml      resolved config of the latest invocation (reload: --config RUN_DIR/config.yaml)
@@ -11,30 +11,27 @@
       logs/            per-process logs of the launchers (launch/), and their .reachable token
       train.lock       the live trainer's flock (host, pid)
 
-Every file is written atomically (deqdist.atomic) or appended in whole lines
+Every file is written atomically (deqdist.store.atomic) or appended in whole lines
 (metrics.jsonl), and config.yaml is the first file written: a directory
 without it holds at most a lock and temporaries of a run killed while
 starting, and is started again by the same command.
 
-Resolution: with --config FILE the file is the base; otherwise an existing run's
-config.yaml is (so `deqdist train --run-dir DIR train.steps=600` extends a run);
-otherwise the built-in defaults (the tiny preset). Overrides apply last.
-A resume may change anything but the parameter shapes (model.vocab_size,
-d_model, n_heads, d_mlp, tie_embeddings, weight_norm, param_dtype) and the
-corpus content; those are refused before anything is written.
+This module knows no config: which config a run directory resumes with is
+deqdist.train.resume. A corpus other than the one a run was trained on is
+refused here (check_corpus) before anything is written.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from deqdist.atomic import TMP_PREFIX, write_atomic
-from deqdist.config import Config, ConfigError, load_config, read_yaml, resolve, shape_conflicts
-from deqdist.train.lock import LOCK
-from deqdist.train.metrics import finite_or_null
+from deqdist.store.atomic import TMP_PREFIX, write_atomic
+from deqdist.store.lock import LOCK
+from deqdist.typed_config import ConfigError
 
 CONFIG = "config.yaml"
 CORPUS = "corpus.json"
@@ -61,19 +58,7 @@ def default_run_dir(config_path: str | None) -> Path:
     return path
 
 
-def saved_config(run_dir: Path) -> Config | None:
-    p = run_dir / CONFIG
-    if not p.is_file():
-        return None
-    try:
-        if not read_yaml(p):
-            raise ConfigError("it is empty")
-        return load_config(p)
-    except ConfigError as e:
-        raise RunDirError(f"{p} cannot be loaded ({e}); fix it or use a new --run-dir") from None
-
-
-def _only_start_up_leftovers(run_dir: Path) -> bool:
+def only_start_up_leftovers(run_dir: Path) -> bool:
     """True if run_dir holds nothing but what a run killed before writing config.yaml leaves."""
     for p in run_dir.iterdir():
         if p.name == LOCK or p.name.startswith(TMP_PREFIX) or p.name in LAUNCHER_ENTRIES:
@@ -106,50 +91,6 @@ def check_writable(run_dir: Path) -> None:
         if not os.access(d, os.W_OK | os.X_OK):
             raise RunDirError(f"--run-dir {run_dir}: {d} is not writable; choose another --run-dir or fix its "
                               f"permissions")
-
-
-def resolve_for_train(config_path: str | None, run_dir: Path, overrides: Sequence[str]) -> tuple[Config, Config | None]:
-    """(config to train with, the run dir's saved config or None); refuses foreign or conflicting run dirs."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunDirError(f"--run-dir {run_dir} exists and is not a directory")
-    saved = saved_config(run_dir)
-    if saved is None and run_dir.is_dir() and not _only_start_up_leftovers(run_dir):
-        raise RunDirError(
-            f"--run-dir {run_dir} exists, is not empty and is not a deqdist run (no {CONFIG}); "
-            f"choose a new or empty directory"
-        )
-    if config_path is not None:
-        cfg = load_config(config_path, overrides)
-    elif saved is not None:
-        cfg = resolve([(read_yaml(run_dir / CONFIG), str(run_dir / CONFIG))], overrides)
-    else:
-        cfg = load_config(None, overrides)
-    if saved is not None:
-        check_compatible(saved, cfg, run_dir)
-        read_json(run_dir / RUNLOG)
-    check_writable(run_dir)
-    return cfg, saved
-
-
-def resolve_for_run(run_dir: Path, overrides: Sequence[str]) -> Config:
-    """Config of an existing run (for eval / generate) with overrides that keep its shapes."""
-    if not run_dir.is_dir():
-        raise RunDirError(f"run directory {run_dir} does not exist")
-    saved = saved_config(run_dir)
-    if saved is None:
-        raise RunDirError(f"{run_dir} is not a deqdist run directory (no {CONFIG})")
-    cfg = resolve([(read_yaml(run_dir / CONFIG), str(run_dir / CONFIG))], overrides)
-    check_compatible(saved, cfg, run_dir)
-    return cfg
-
-
-def check_compatible(saved: Config, new: Config, run_dir: Path) -> None:
-    bad = shape_conflicts(saved, new)
-    if bad:
-        raise RunDirError(
-            f"{run_dir} holds a model of another shape: {'; '.join(bad)}; "
-            f"use a new --run-dir, or drop these settings to resume"
-        )
 
 
 def check_corpus(run_dir: Path, info: dict) -> None:
@@ -189,3 +130,14 @@ def write_json(path: Path, obj: Any) -> None:
     """Atomically; non-finite floats become null (strict JSON)."""
     write_atomic(path, json.dumps(finite_or_null(obj), indent=1, allow_nan=False) + "\n")
 
+
+
+def finite_or_null(obj: Any) -> Any:
+    """obj with every NaN / infinity (also nested in dicts and lists) replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(v) for v in obj]
+    return obj

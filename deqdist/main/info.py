@@ -13,6 +13,8 @@ import platform
 from pathlib import Path
 from typing import Sequence
 
+from deqdist.main.args import CONFIG_HELP, add_distributed, add_overrides, init_distributed
+
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy")
 
 
@@ -27,14 +29,14 @@ def collect(config_path: str | None, run_dir: str | None, overrides: Sequence[st
     import jax
 
     from deqdist.config import load_config
-    from deqdist.train import rundir
+    from deqdist.train import resume
     from deqdist.train.mesh import build_mesh
-    from deqdist.train.platform import require_backend
+    from deqdist.runtime.platform import require_backend
     from deqdist.train.state import state_spec
 
     devices = require_backend()
     if run_dir is not None:
-        cfg, _ = rundir.resolve_for_train(config_path, Path(run_dir), overrides)
+        cfg, _ = resume.resolve_for_train(config_path, Path(run_dir), overrides)
     else:
         cfg = load_config(config_path, overrides)
     cfg.data.per_host_batch(jax.process_count())
@@ -73,3 +75,20 @@ def run_info(config_path: str | None, run_dir: str | None, overrides: Sequence[s
     info = collect(config_path, run_dir, overrides)
     print(json.dumps(info) if as_json else render(info), flush=True)
     return 0
+
+
+def add_parser(commands) -> None:
+    p = commands.add_parser("info", help="versions, devices, processes and the mesh a config would build here",
+                            description="Versions, backend, devices, processes and the mesh a config would "
+                            "build here; exits 2 with one line if it cannot (launchers run it as their preflight).")
+    p.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    p.add_argument("--run-dir", metavar="DIR", help="resolve the config as `deqdist train --run-dir DIR` would")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    add_overrides(p)
+    add_distributed(p)
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    init_distributed(args)
+    return run_info(args.config, args.run_dir, args.overrides, args.json)

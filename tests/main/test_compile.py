@@ -73,7 +73,7 @@ def test_tiny_compiles_for_v5p_with_the_cpu_layout(tmp_path, mesh):
 
 
 def test_the_reversible_mode_names_its_step():
-    from deqdist.train.compile import variants
+    from deqdist.main.compile import variants
 
     cfg = load_config(None, ["solver.grad=reversible", "solver.reversible.steps=4"])
     assert [v.name for v in variants(cfg, ["deq", "deq+jac"])] == ["reversible n=4", "reversible n=4 + jacobian term"]
@@ -119,7 +119,7 @@ def test_too_big_for_hbm_is_exit_5(tmp_path):
 
 def test_a_mesh_that_splits_a_physical_axis_builds(tmp_path):
     """(2,2,4) on a 2x2x4 slice: JAX's topology-aware assignment gives up on it, the mesh still builds."""
-    code = ("import json; from deqdist.train.compile import topology_devices; "
+    code = ("import json; from deqdist.main.compile import topology_devices; "
             "from deqdist.parallel import ParallelConfig, make_mesh; "
             "m = make_mesh(ParallelConfig(2, 2, 4), topology_devices('v5p:2x2x4')); "
             "print(json.dumps(dict(m.shape)))")

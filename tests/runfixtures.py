@@ -1,5 +1,7 @@
-"""Fixtures of the trainer tests. One uninterrupted reference run on the (2,1,4) mesh is shared
-by every test; the resume / kill / reshard tests compare against its losses."""
+"""Fixtures of the tests that run `deqdist train` (tests/train, tests/store, tests/runtime).
+
+One uninterrupted reference run on the (2,1,4) mesh is shared by every test; the resume /
+kill / reshard tests compare against its losses."""
 from __future__ import annotations
 
 import subprocess

@@ -34,7 +34,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
-from deqdist.atomic import write_atomic
+from deqdist.store.atomic import write_atomic
 
 MANIFEST = "deqdist.sha256.json"
 DAMAGED = "damaged"  # RUN_DIR/checkpoints.damaged/<step>: set aside by a resume, kept for inspection
