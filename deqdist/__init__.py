@@ -8,7 +8,7 @@ import cycle exists, not even inside a room):
     main/                   one module per command: train, eval, generate, config, info, compile, prepare, bench
     bench/                  `deqdist bench ...` (only main/ imports it)
     train/                  train state, steps, the loop and its hooks, metrics, evaluation, sampling, resume
-    config.py   runtime/    the composed config | backend, processes, heartbeats, signals, the allocator
+    config/     runtime/    the composed config | backend, processes, heartbeats, signals, the allocator
     data/       presets.py  corpora, pipelines, host->device batches | the preset YAML files
     prepare/    parallel/   tokenizer, token shards, manifest | mesh, shardings, the shard_map'd solve
     model/      store/      the DEQ-Transformer (Flax NNX) | run directory, lock, atomic writes, checkpoints

@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from deqdist import cli
-from deqdist.config import Config, _defaults_flat
+from deqdist.config import Config
+from deqdist.config.layers import _defaults_flat
 
 KEYS = sorted(_defaults_flat()) + ["solver.max_iter", "solver.tol", "train", "model.d_model.x", "nope.key", ""]
 SURROGATES = ["\udcff", "\udc80abc", "\ud800"]  # what Python makes of non-UTF-8 bytes in argv
