@@ -1,31 +1,15 @@
-"""Config: presets, YAML + dotted overrides, types, shorthands, coupled keys, one-line errors."""
+"""deqdist.config.layers: defaults < preset < YAML file < key=value overrides; shorthands, coupled keys,
+old names, and bad keys and files as one-line errors."""
 import pytest
 
 from deqdist import presets
-from deqdist.config import Config, ConfigError, diff, load_config, shape_conflicts
+from deqdist.config import Config, ConfigError, load_config
 
 CONFIGS = presets.DIRECTORY
 
 
 def test_defaults_are_the_tiny_preset():
     assert load_config(CONFIGS / "tiny.yaml") == load_config(None)
-
-
-@pytest.mark.parametrize("name", ["tiny", "small", "medium", "large"])
-def test_presets_load_and_validate(name):
-    cfg = load_config(CONFIGS / f"{name}.yaml")
-    assert cfg.data.seq_len == cfg.model.seq_len
-    assert cfg.data.vocab_size == cfg.model.vocab_size
-
-
-def test_medium_is_the_100m_model():
-    cfg = load_config(CONFIGS / "medium.yaml")
-    assert cfg.model.param_count() > 99e6
-
-
-def test_large_is_the_1b_model():
-    cfg = load_config(CONFIGS / "large.yaml")
-    assert 0.95e9 < cfg.model.param_count() < 1.05e9 and cfg.model.vocab_size == 32768
 
 
 def test_overrides_are_typed_and_layered(tmp_path):
@@ -60,24 +44,11 @@ def test_parallel_rules_round_trip_from_yaml():
     (["solver.maxiter=3"], r"unknown key 'solver.maxiter' \(did you mean 'max_iter'\?\); valid keys under 'solver': "
                            r"bwd, fwd, grad, .*max_iter"),
     (["trian.steps=3"], r"unknown key 'trian.steps'.*valid keys \(top-level sections\): checkpoint, data"),
-    (["train.steps=abc"], r"train.steps must be an integer, got 'abc'"),
-    (["train.steps=1.5"], r"train.steps must be an integer, got 1.5"),
-    (["train.lr=fast"], r"train.lr must be a number"),
-    (["checkpoint.async_save=maybe"], r"checkpoint.async_save must be true/false"),
-    (["model.d_model=65"], r"model.d_model \(65\) must be divisible by model.n_heads \(2\)"),
     (["solver.fwd=3"], r"'solver.fwd' is a section"),
-    (["solver.method=newton"], r"solver.fwd: solver method 'newton' is unknown; use one of broyden"),
     (["train.steps"], r"must look like key=value"),
     (["train.steps.x=1"], r"'train.steps' is a value, not a section"),
-    (["data.seq_len=0"], r"seq_len must be a positive integer"),
-    (["train.schedule=exp"], r"train.schedule must be one of cosine, linear, constant"),
-    (["train.warmup_explicit_steps=1000"], r"exceeds train.steps"),
-    (["parallel.tensor=0"], r"parallel.tensor must be a positive size or -1"),
-    (["parallel.rules=[[batch, gpu]]"], r"unknown mesh axis"),
-    (["data.split_fractions=[0.5, 0.5]"], r"data.split_fractions must be a list of 3 items"),
-    (["logging.progress=fancy"], r"logging.progress must be one of auto, bar, lines, off"),
 ])
-def test_bad_values_are_one_line_errors(overrides, message):
+def test_bad_keys_are_one_line_errors(overrides, message):
     with pytest.raises(ConfigError, match=message) as e:
         load_config(None, overrides)
     assert "\n" not in str(e.value)
@@ -99,13 +70,6 @@ def test_bad_files(tmp_path, text, msg):
     bad.write_text(text)
     with pytest.raises(ConfigError, match=msg):
         load_config(bad)
-
-
-def test_resolved_config_round_trips(tmp_path):
-    cfg = load_config(CONFIGS / "small.yaml", ["solver.max_iter=20", "parallel.tensor=2"])
-    cfg.save(tmp_path / "config.yaml")
-    again = load_config(tmp_path / "config.yaml")
-    assert again == cfg and not diff(cfg, again)
 
 
 def test_presets_are_the_files_and_found_by_name(tmp_path, monkeypatch):
@@ -131,22 +95,3 @@ def test_trainer_settings_keep_their_old_model_names(tmp_path):
     cfg = load_config(old)
     assert (cfg.model.d_model, cfg.train.n_unroll, cfg.train.jac_reg_every, cfg.train.steps) == (32, 7, 0, 90)
     assert load_config(None, ["train.n_unroll=5"]) == load_config(None, ["model.n_unroll=5"])
-
-
-@pytest.mark.parametrize("override, message", [
-    ("train.n_unroll=0", r"train.n_unroll must be a positive integer"),
-    ("model.n_unroll=0", r"train.n_unroll must be a positive integer"),
-    ("train.jac_reg_every=-1", r"train.jac_reg_every must be an integer >= 0"),
-    ("train.jac_reg_weight=-1", r"train.jac_reg_weight must be >= 0"),
-    ("model.n_unrol=3", r"unknown key 'model.n_unrol'"),
-])
-def test_trainer_settings_are_checked(override, message):
-    with pytest.raises(ConfigError, match=message):
-        load_config(None, [override])
-
-
-def test_shape_conflicts_name_the_settings():
-    a = load_config(None)
-    b = load_config(None, ["model.d_model=128", "solver.max_iter=40"])
-    assert shape_conflicts(a, b) == ["model.d_model: 64 (saved) vs 128 (new)"]
-    assert "solver.fwd.max_iter: 30 -> 40" in diff(a, b)
