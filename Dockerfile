@@ -19,15 +19,19 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 
 RUN useradd --create-home --uid 1000 deqdist
 WORKDIR /opt/deqdist
-# The dependency layer: pyproject.toml and an empty package only, so editing the source
-# reuses it instead of reinstalling gigabytes of CUDA wheels. One resolver call, every
-# dependency from pyproject.toml; the cache mount keeps downloaded wheels across builds.
+# The dependency layer: pyproject.toml and an empty package only (the directories of the packages
+# it lists, configs/ among them), so editing the source reuses it instead of reinstalling gigabytes
+# of CUDA wheels. One resolver call, every dependency from pyproject.toml; the cache mount keeps
+# downloaded wheels across builds.
 COPY pyproject.toml ./
-RUN mkdir deqdist && touch deqdist/__init__.py README.md
+RUN python -c "import os, tomllib; s = tomllib.load(open('pyproject.toml', 'rb'))['tool']['setuptools']; [os.makedirs(s['package-dir'].get(p, p.replace('.', '/')), exist_ok=True) for p in s['packages']]" \
+    && touch deqdist/__init__.py README.md
 # hadolint ignore=DL3013  # the versions are pinned in pyproject.toml
 RUN --mount=type=cache,target=/root/.cache/pip pip install ".[cuda12]"
-# The source layer: deqdist itself, its dependencies already satisfied.
+# The source layer: deqdist itself and its presets (configs/, package data), its dependencies
+# already satisfied.
 COPY README.md ./
+COPY configs ./configs
 COPY deqdist ./deqdist
 # hadolint ignore=DL3013
 RUN --mount=type=cache,target=/root/.cache/pip pip install --no-deps --force-reinstall .

@@ -136,9 +136,9 @@ VENV_SCRIPT='ok() { "$1" -c "import sys; sys.exit(sys.version_info < (3, 11))" 2
 setup() {
   local root
   root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-  note "fresh copy of the package on every worker (scp needs the target directory to exist)"
-  ssh_all "mkdir -p $RD && rm -rf $RD/deqdist"
-  run "${GC[@]}" tpu-vm scp --recurse "$root/pyproject.toml" "$root/README.md" "$root/deqdist" \
+  note "fresh copy of the package and its presets on every worker (scp needs the target directory to exist)"
+  ssh_all "mkdir -p $RD && rm -rf $RD/deqdist $RD/configs"
+  run "${GC[@]}" tpu-vm scp --recurse "$root/pyproject.toml" "$root/README.md" "$root/deqdist" "$root/configs" \
     "$NAME:$REMOTE_DIR/" "${WHERE[@]}" --worker=all
   ssh_all "cd $RD && $VENV_SCRIPT" || fail "setup failed on a worker (see the lines above); fix it and rerun setup"
   local probe="$PY -c 'import importlib.metadata as m, sys; print(\"deqdist-versions:\", sys.version.split()[0], *(m.version(p) for p in (\"jax\", \"jaxlib\", \"libtpu\", \"flax\", \"orbax-checkpoint\", \"grain\")))'"

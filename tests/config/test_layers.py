@@ -75,10 +75,14 @@ def test_bad_files(tmp_path, text, msg):
 def test_presets_are_the_files_and_found_by_name(tmp_path, monkeypatch):
     assert presets.names() == sorted(p.stem for p in CONFIGS.glob("*.yaml"))
     assert {"tiny", "small", "medium", "large"} <= set(presets.names())
-    monkeypatch.chdir(tmp_path)  # no configs/ here: an installed deqdist run from anywhere
     small = load_config(CONFIGS / "small.yaml")
-    for given in ("small", "small.yaml", "configs/small.yaml"):
+    monkeypatch.chdir(CONFIGS.parent)  # a source checkout (or, installed, site-packages/deqdist)
+    assert load_config("configs/small.yaml") == small  # the file itself, no preset lookup
+    monkeypatch.chdir(tmp_path)  # no configs/ here: an installed deqdist run from anywhere
+    for given in ("small", "small.yaml"):
         assert load_config(given) == small
+    with pytest.raises(ConfigError, match="'configs/small.yaml' does not exist; presets in .*: .*small.yaml"):
+        load_config("configs/small.yaml")
     (tmp_path / "small.yaml").write_text("train: {steps: 70}\n")
     assert load_config("small.yaml").train.steps == 70  # a real file wins over the preset of that name
     with pytest.raises(ConfigError, match="'other/small.yaml' does not exist"):

@@ -73,6 +73,7 @@ def test_tpu_setup_makes_a_python_311_venv_and_leaves_the_old_python3_alone(worl
         cfg = (home / "deqdist" / ".venv" / "pyvenv.cfg").read_text()
         assert "version = 3.11" in cfg or "version_info = 3.11" in cfg, cfg
         assert (home / "deqdist" / "deqdist" / "cli.py").is_file()
+        assert (home / "deqdist" / "configs" / "tiny.yaml").is_file()  # the presets travel with the package
     assert not list((world / "py310").glob("lib/python3.10/site-packages/deqdist*"))
 
 
