@@ -9,7 +9,8 @@ Variants are compiled on first use and cached by (mode, jac_reg):
                    backprop) for the first train.warmup_explicit_steps steps;
   ("deq", False)   the equilibrium model (forward solve, implicit backward);
   ("deq", True)    the same plus the Hutchinson Jacobian term, every
-                   train.jac_reg_every steps.
+                   train.jac_reg_every steps (of the DEQ phase only: the warm-up
+                   step never computes it, see `jac_at`).
 All variants take and return the same state layout, so switching costs one compile.
 
 The backward solve's stats arrive as the gradient of a zero "sink"
@@ -102,8 +103,11 @@ class Steps:
         return "explicit" if step < self.cfg.train.warmup_explicit_steps else "deq"
 
     def jac_at(self, step: int) -> bool:
+        """Whether the update at `step` adds the Jacobian term: every train.jac_reg_every steps of the
+        DEQ phase, never in the explicit warm-up (it regularises f at the equilibrium the solve finds)."""
         t = self.cfg.train
-        return t.jac_reg_every > 0 and t.jac_reg_weight > 0 and step % t.jac_reg_every == 0
+        return (self.mode_at(step) == "deq" and t.jac_reg_every > 0 and t.jac_reg_weight > 0
+                and step % t.jac_reg_every == 0)
 
     def _forward(self, params, tokens, *, mode: str, key, deterministic: bool, jac: bool, sink=None):
         """(logits, aux) with the features z in aux["z"] (unused outputs cost nothing once compiled)."""
@@ -138,7 +142,8 @@ class Steps:
         return self.variant(self.mode_at(step), self.jac_at(step))
 
     def variant(self, mode: str, jac: bool) -> Callable:
-        """The jitted train step of one variant ("explicit" or "deq", with or without the Jacobian term)."""
+        """The jitted train step of one variant ("explicit" or "deq", with or without the Jacobian term;
+        the trainer asks for the term only in deq mode, `jac_at`)."""
         if (mode, jac) not in self._train:
             self._train[(mode, jac)] = self._build_train(mode, jac)
         return self._train[(mode, jac)]
