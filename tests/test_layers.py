@@ -31,13 +31,10 @@ LAYERS = [
 ]
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
-# Files another branch of issue 21 is shortening (i21-config: config.py, solvers/base.py; the
-# bench/parallel rewrite through Steps). Delete each entry once that branch is merged: a stale
-# entry fails the size test.
+# Files another branch of issue 21 is shortening (i21-config: config.py). Delete each entry once
+# that branch is merged: a stale entry fails the size test.
 EXEMPT = {
     "config.py": "i21-config splits the schema from the layering machinery",
-    "solvers/base.py:run": "i21-config shortens the solver loop",
-    "bench/parallel.py:_replica_rows": "the bench/parallel rewrite sends it through Steps",
 }
 
 
