@@ -10,10 +10,11 @@ collectives over size-1 axes excluded).
 A second table shows what per-replica stopping (`parallel.lockstep: sample`) saves
 against global lockstep on a batch whose samples need different iteration counts:
 the samples of a trained checkpoint (`--run-dir`) or, without one, the `tiny` model
-with each sample's injection scaled by a random factor (a synthetic spread). Per
+at init on windows of 1, 2, 4, ... distinct byte values (a synthetic spread). Per
 mesh: forward and backward loop iterations per device (mean over devices) against
-the global maximum that lockstep runs, and the time of one solve step (forward
-solve + implicit backward), both modes timed alternately. A synchronous step still
+the global maximum that lockstep runs, and the time of the trainer's own gradient
+step (`Steps.gradients`: forward solve, loss, implicit backward), both modes timed
+alternately. A synchronous step still
 waits for its slowest replica, so the time saved is mostly the whole-mesh all-reduce
 (a sync of every device) that lockstep adds to each iteration.
 
@@ -93,10 +94,10 @@ def _run(preset: str, batch: int) -> str:
 
 
 def _checkpoint_problem(run_dir: str, batch: int):
-    """(model, tokens, solver config) from the latest checkpoint of a run and its valid split."""
+    """(config with overrides, parameters, tokens, what they are) from the latest checkpoint of a run and
+    `batch` windows of its valid split."""
     import jax
     import numpy as np
-    from flax import nnx
 
     from ..train import resume
     from ..train.loop import open_run, load_data
@@ -104,97 +105,82 @@ def _checkpoint_problem(run_dir: str, batch: int):
     cfg = resume.resolve_for_run(Path(run_dir), [])
     session, state, step = open_run(Path(run_dir), [])
     try:
-        model = nnx.merge(session.spec.graphdef, jax.device_get(state["params"]))
+        params = jax.device_get(state["params"])
     finally:
         session.close()
     ids = load_data(cfg).split("valid")
     S = cfg.model.seq_len
     starts = np.random.default_rng(0).integers(0, len(ids) - S, batch)
     tokens = np.stack([ids[i:i + S] for i in starts]).astype(np.int32)
-    return model, tokens, cfg.solver, f"checkpoint {run_dir} (step {step}), {batch} windows of its valid split"
+    return (lambda o: resume.resolve_for_run(Path(run_dir), o)), params, tokens, \
+        f"checkpoint {run_dir} (step {step}), {batch} windows of its valid split"
 
 
 def _synthetic_problem(preset: str, batch: int):
-    import jax
+    """The preset's model at init (8 heads, so that every mesh divides it) on token windows of 1, 2, 4, ...
+    distinct bytes: samples of different structure, which need different numbers of iterations."""
+    import numpy as np
     from flax import nnx
 
     from .. import presets
     from ..config import load_config
-    from ..deq import DEQConfig
     from ..model import DEQTransformer
-    from ..solvers import SolverConfig
 
-    model = DEQTransformer(load_config(presets.path(preset), ["model.n_heads=8"]).model, rngs=nnx.Rngs(0))
-    tokens = jax.random.randint(jax.random.key(1), (batch, model.cfg.seq_len), 0, model.cfg.vocab_size)
-    solver = SolverConfig(max_iter=40, tol=1e-4)
-    return model, tokens, DEQConfig(fwd=solver, bwd=solver), f"{preset} at init, injection of each sample scaled by 0.3..4"
+    base = ["model.n_heads=8"] + [f"solver.{d}.{k}={v}" for d in ("fwd", "bwd") for k, v in
+                                  (("method", "broyden"), ("max_iter", 40), ("tol", 1e-4))]
+    cfg_for = lambda o: load_config(presets.path(preset), base + o)  # noqa: E731
+    model = DEQTransformer(cfg_for([]).model, rngs=nnx.Rngs(0))
+    rng, S, V = np.random.default_rng(1), model.cfg.seq_len, model.cfg.vocab_size
+    tokens = np.stack([rng.integers(0, min(V, 2 ** i), S) for i in range(batch)]).astype(np.int32)
+    return cfg_for, nnx.to_pure_dict(nnx.state(model, nnx.Param)), tokens, \
+        f"{preset} at init, sample i drawing its tokens from 2^i byte values"
 
 
 def _replica_rows(preset: str, batch: int, repeats: int, run_dir: str | None) -> str:
+    """Per mesh, the trainer's gradient step (`Steps.gradients`: forward solve, loss, implicit backward)
+    with per-replica stopping and with global lockstep, timed alternately."""
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from jax.sharding import NamedSharding
 
-    from ..deq import backward_sink
-    from ..parallel import ParallelConfig, activation_spec, check_divisible, make_mesh, make_solve
+    from ..train.step import Steps
     from .common import table
 
-    if run_dir:
-        model, tokens, deq_cfg, source = _checkpoint_problem(run_dir, batch)
-        scales = np.ones(batch)
-    else:
-        model, tokens, deq_cfg, source = _synthetic_problem(preset, batch)
-        scales = np.exp(np.random.default_rng(0).uniform(np.log(0.3), np.log(4.0), batch))
-    f, params = model.split_block()
-    x = model.inject(jnp.asarray(tokens))
-    x = dict(x, inj=x["inj"] * jnp.asarray(scales, x["inj"].dtype)[:, None, None])
-    z0 = model.z0(jnp.asarray(tokens))
-    w = jax.random.normal(jax.random.key(2), z0.shape, z0.dtype)
+    cfg_for, params, tokens, source = (_checkpoint_problem(run_dir, batch) if run_dir
+                                       else _synthetic_problem(preset, batch))
+    batch_arrays = {"inputs": jnp.asarray(tokens), "targets": jnp.roll(jnp.asarray(tokens), -1, 1)}
     rows = []
     for sizes in REPLICA_MESHES:
-        m = model.cfg
-        mesh = make_mesh(ParallelConfig(*sizes))
+        calls = {}
         try:
-            for name, size in (("batch", batch), ("seq", m.seq_len), ("heads", m.n_heads), ("mlp", m.d_mlp)):
-                spec = activation_spec(ParallelConfig(*sizes), name)
-                check_divisible((size,), NamedSharding(mesh, spec), f"logical axis {name!r}")
+            for lockstep in ("sample", "global"):
+                cfg = cfg_for([f"data.global_batch_size={batch}", f"parallel.lockstep={lockstep}"] +
+                              [f"parallel.{a}={n}" for a, n in zip(("data", "fsdp", "tensor"), sizes)])
+                steps = Steps.for_config(cfg)
+                calls[lockstep] = (steps.gradients("deq"), jax.device_put(params, steps.spec.shardings["params"]),
+                                   jax.device_put(batch_arrays, steps.batch_sharding))
         except ValueError as e:
             rows.append([str(sizes)] + ["-"] * 7 + [f"skipped: {e}"])
             continue
-        steps, iters, times = {}, {}, {"sample": [], "global": []}
-        for lockstep in times:
-            pc = ParallelConfig(*sizes, lockstep=lockstep)
-            solve = make_solve(mesh, pc)
-
-            def step(params, x, sink, solve=solve):
-                def loss(params, sink):
-                    z, st = solve(f, params, x, z0, deq_cfg, sink)
-                    return jnp.sum(z * w), st
-
-                (g, sink_ct), st = jax.grad(loss, argnums=(0, 1), has_aux=True)(params, sink)
-                return g, st.nstep, st.loop_iters, sink_ct["loop_iters"]
-
-            steps[lockstep] = jax.jit(step)
-        with jax.set_mesh(mesh):
-            args = (params, x, backward_sink(batch))
-            for lockstep, fn in steps.items():
-                iters[lockstep] = [np.asarray(a, np.float64) for a in jax.block_until_ready(fn(*args))[1:]]
-            # Alternate the two modes so that a change in machine load hits both alike.
-            for _ in range(repeats):
-                for lockstep, fn in steps.items():
-                    t = time.perf_counter()
-                    jax.block_until_ready(fn(*args))
-                    times[lockstep].append(1e3 * (time.perf_counter() - t))
+        iters, times = {}, {"sample": [], "global": []}
+        for lockstep, (fn, *args) in calls.items():
+            aux = jax.block_until_ready(fn(*args))[2]
+            iters[lockstep] = [np.asarray(a, np.float64) for a in (aux["fwd_stats"].nstep, aux["fwd_stats"].loop_iters,
+                                                                   aux["bwd_stats"]["loop_iters"])]
+        for _ in range(repeats):  # alternate the two modes so that a change in machine load hits both alike
+            for lockstep, (fn, *args) in calls.items():
+                t = time.perf_counter()
+                jax.block_until_ready(fn(*args))
+                times[lockstep].append(1e3 * (time.perf_counter() - t))
         ms = {k: float(np.median(v)) for k, v in times.items()}
-        nstep, fwd, bwd = iters["sample"]
-        fwd_g, bwd_g = iters["global"][1:]
+        (nstep, fwd, bwd), (_, fwd_g, bwd_g) = iters["sample"], iters["global"]
         rows.append([str(sizes), f"{nstep.mean():.1f}", f"{fwd.mean():.1f}", f"{fwd_g.mean():.0f}",
                      f"{bwd.mean():.1f}", f"{bwd_g.mean():.0f}", f"{ms['sample']:.1f}", f"{ms['global']:.1f}",
                      f"{100 * (1 - ms['sample'] / ms['global']):.0f}%"])
+    s = cfg.solver
     head = (f"\n\nper-replica stopping vs global lockstep: {source}; batch {batch}; "
-            f"solver {deq_cfg.fwd.method} tol {deq_cfg.fwd.tol:g}/{deq_cfg.bwd.tol:g}, "
-            f"max_iter {deq_cfg.fwd.max_iter}/{deq_cfg.bwd.max_iter}; step = forward solve + implicit backward\n\n")
+            f"solver {s.fwd.method} tol {s.fwd.tol:g}/{s.bwd.tol:g}, max_iter {s.fwd.max_iter}/{s.bwd.max_iter}; "
+            f"step = the trainer's gradient step (Steps.gradients: forward solve, loss, {s.grad} backward)\n\n")
     return head + table(["mesh (data,fsdp,tensor)", "fwd per-sample mean", "fwd per-device mean", "fwd global max",
                          "bwd per-device mean", "bwd global max", "step ms (sample)", "step ms (global)", "saved"],
                         rows)

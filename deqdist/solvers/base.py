@@ -43,6 +43,7 @@ of its features, through `SampleReduce`, so sharded and unsharded solves agree):
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, NamedTuple, Protocol
 
 import jax
@@ -185,6 +186,103 @@ def _mask(active: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.where(active.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
 
 
+class _Problem(NamedTuple):
+    """What the loop knows before its first step and never changes: the flattened map, the start,
+    its residual and the fixed scale S of the stop rule (module docstring)."""
+
+    f: Callable[[jax.Array], jax.Array]  # (B, N) in the accumulation dtype -> f of it, same
+    shape: tuple[int, ...]
+    dtype: Any
+    z0: jax.Array
+    fz0: jax.Array
+    g0: jax.Array  # f(z0) - z0
+    r0: jax.Array
+    s_ref: jax.Array
+    tol_r: jax.Array
+    max_reach: float
+    cfg: SolverConfig
+    reduce: SampleReduce
+
+
+def _measure(z0: jax.Array, g0: jax.Array, reduce: SampleReduce, z: jax.Array, fz: jax.Array):
+    """(|f(z) - z|, |z - z0|, |g(z) - g(z0)|) per sample, g(z) = f(z) - z, in one reduction."""
+    fz = jnp.where(jnp.isfinite(fz), fz, jnp.inf)  # any non-finite value => infinite residual
+    g, d = fz - z, z - z0
+    sq = reduce.psum(jnp.stack([jnp.sum(a * a, axis=1) for a in (g, d, g - g0)]))
+    r, dist, dg = jnp.sqrt(sq)
+    return jnp.where(jnp.isnan(r), jnp.inf, r), dist, dg
+
+
+def _problem(f, z0, cfg: SolverConfig, reduce: SampleReduce, scale) -> _Problem:
+    """Flatten the map to (B, N) in the accumulation dtype, evaluate it at z0 and fix S."""
+    shape, dtype = z0.shape, z0.dtype
+    acc = jnp.promote_types(dtype, jnp.dtype(cfg.acc_dtype))
+
+    def f_flat(zf):
+        return f(zf.reshape(shape).astype(dtype)).reshape(shape[0], -1).astype(acc)
+
+    z_start = z0.reshape(shape[0], -1).astype(acc)
+    fz = f_flat(z_start)
+    g_start = fz - z_start
+    r0, _, _ = _measure(z_start, g_start, reduce, z_start, fz)
+    s_ref = r0 if scale is None else jnp.maximum(r0, scale.astype(acc))
+    tol_r = cfg.tol * (s_ref if cfg.stop_mode == "rel" else jnp.ones_like(s_ref))
+    return _Problem(f_flat, shape, dtype, z_start, fz, g_start, r0, s_ref, tol_r,
+                    1.0 / (4.0 * float(jnp.finfo(dtype).eps)), cfg, reduce)
+
+
+def _done(p: _Problem, r: jax.Array) -> jax.Array:
+    return jnp.isfinite(r) & (r <= p.tol_r)
+
+
+def _relative(p: _Problem, r: jax.Array) -> jax.Array:
+    return jnp.where(r == 0, 0.0, r / p.s_ref)
+
+
+def _init(method: Method, p: _Problem) -> _Loop:
+    # Fresh arrays are built "like" existing ones so that, inside shard_map, they carry the
+    # same varying-axes type as the values the loop writes into them.
+    diverged = ~jnp.isfinite(p.r0)
+    trace = jnp.full_like(p.r0, jnp.nan, shape=(p.shape[0], p.cfg.max_iter)) if p.cfg.trace else None
+    return _Loop(k=jnp.zeros((), jnp.int32), z=p.z0, fz=p.fz0, active=~_done(p, p.r0) & ~diverged,
+                 best_z=p.z0, best_r=p.r0, nstep=jnp.zeros_like(p.r0, dtype=jnp.int32), diverged=diverged,
+                 trace=trace, method=method.init(p.z0, p.fz0, p.cfg, p.reduce))
+
+
+def _step(method: Method, p: _Problem, s: _Loop) -> _Loop:
+    """One iteration: propose, evaluate (frozen samples keep their iterate), test, keep the best."""
+    cfg = p.cfg
+    z_next, mstate = method.update(s.method, s.z, s.fz, s.k, cfg, p.reduce)
+    z_next = _mask(s.active, z_next, s.z)
+    fz_next = _mask(s.active, p.f(z_next), s.fz)
+    r, dist, dg = _measure(p.z0, p.g0, p.reduce, z_next, fz_next)
+    ran_away = dist > jnp.minimum(REACH * p.s_ref + cfg.divergence * dg, p.max_reach * p.s_ref)
+    blown = s.active & (~jnp.isfinite(r) | (r > cfg.divergence * p.s_ref) | ran_away)
+    better = s.active & ~blown & (r < s.best_r)
+    trace = s.trace
+    if trace is not None:
+        score = _relative(p, r) if cfg.stop_mode == "rel" else r
+        trace = trace.at[:, s.k].set(jnp.where(s.active, score, jnp.nan))
+    return _Loop(k=s.k + 1, z=z_next, fz=fz_next, active=s.active & ~blown & ~_done(p, r),
+                 best_z=_mask(better, z_next, s.best_z), best_r=jnp.where(better, r, s.best_r),
+                 nstep=s.nstep + s.active.astype(jnp.int32), diverged=s.diverged | blown,
+                 trace=trace, method=mstate)
+
+
+def _running(p: _Problem, s: _Loop) -> jax.Array:
+    """Terminate when max_iter is reached or no sample (over the lockstep axes) is still active."""
+    return (s.k < p.cfg.max_iter) & p.reduce.any_active(s.active)
+
+
+def _finish(p: _Problem, s: _Loop) -> tuple[jax.Array, SolveStats]:
+    converged = _done(p, s.best_r)
+    stats = SolveStats(
+        nstep=s.nstep, abs_residual=s.best_r, rel_residual=_relative(p, s.best_r),
+        converged=converged, diverged=s.diverged & ~converged,
+        loop_iters=jnp.full_like(s.nstep, s.k), trace=s.trace)
+    return s.best_z.reshape(p.shape).astype(p.dtype), stats
+
+
 def run(method: Method, f: Callable[[jax.Array], jax.Array], z0: jax.Array, cfg: SolverConfig,
         reduce: SampleReduce = SampleReduce(), scale: jax.Array | None = None) -> tuple[jax.Array, SolveStats]:
     """Drive `method` on the fixed-point map f from z0 (shape (B, ...)).
@@ -193,80 +291,11 @@ def run(method: Method, f: Callable[[jax.Array], jax.Array], z0: jax.Array, cfg:
     and dtype. Each sample stops on its own: once converged or diverged it is frozen
     (its iterate never changes again) and its best iterate is returned. `scale` (B,):
     optional known scale of each sample's problem (module docstring).
+
+    The loop is init, step and terminate, each a pure function of the problem and the
+    loop state (`_init`, `_step`, `_running`); `_finish` turns the final state into stats.
     """
     cfg.validate()
-    shape, dtype = z0.shape, z0.dtype
-    acc = jnp.promote_types(dtype, jnp.dtype(cfg.acc_dtype))
-    batch = shape[0]
-
-    def f_flat(zf):
-        return f(zf.reshape(shape).astype(dtype)).reshape(batch, -1).astype(acc)
-
-    z_start = z0.reshape(batch, -1).astype(acc)
-
-    fz = f_flat(z_start)
-    g_start = fz - z_start
-
-    def measure(z, fz):
-        """(|f(z) - z|, |z - z0|, |g(z) - g(z0)|) per sample, g(z) = f(z) - z, in one reduction."""
-        fz = jnp.where(jnp.isfinite(fz), fz, jnp.inf)  # any non-finite value => infinite residual
-        g, d = fz - z, z - z_start
-        sq = reduce.psum(jnp.stack([jnp.sum(a * a, axis=1) for a in (g, d, g - g_start)]))
-        r, dist, dg = jnp.sqrt(sq)
-        return jnp.where(jnp.isnan(r), jnp.inf, r), dist, dg
-
-    r0, _, _ = measure(z_start, fz)
-    s_ref = r0 if scale is None else jnp.maximum(r0, scale.astype(acc))
-    tol_r = cfg.tol * (s_ref if cfg.stop_mode == "rel" else jnp.ones_like(s_ref))
-    max_reach = 1.0 / (4.0 * float(jnp.finfo(dtype).eps))
-
-    def done(r):
-        return jnp.isfinite(r) & (r <= tol_r)
-
-    def relative(r):
-        return jnp.where(r == 0, 0.0, r / s_ref)
-
-    def ran_away(dist, dg):
-        return dist > jnp.minimum(REACH * s_ref + cfg.divergence * dg, max_reach * s_ref)
-
-    # Fresh arrays are built "like" existing ones so that, inside shard_map, they carry the
-    # same varying-axes type as the values the loop writes into them.
-    zeros_i = jnp.zeros_like(r0, dtype=jnp.int32)
-    diverged = ~jnp.isfinite(r0)
-    state = _Loop(
-        k=jnp.zeros((), jnp.int32), z=z_start, fz=fz, active=~done(r0) & ~diverged,
-        best_z=z_start, best_r=r0, nstep=zeros_i, diverged=diverged,
-        trace=jnp.full_like(r0, jnp.nan, shape=(batch, cfg.max_iter)) if cfg.trace else None,
-        method=method.init(z_start, fz, cfg, reduce))
-
-    def cond(s: _Loop):
-        return (s.k < cfg.max_iter) & reduce.any_active(s.active)
-
-    def body(s: _Loop):
-        z_next, mstate = method.update(s.method, s.z, s.fz, s.k, cfg, reduce)
-        z_next = _mask(s.active, z_next, s.z)
-        fz_next = f_flat(z_next)
-        fz_next = _mask(s.active, fz_next, s.fz)
-        r, dist, dg = measure(z_next, fz_next)
-        blown = s.active & (~jnp.isfinite(r) | (r > cfg.divergence * s_ref) | ran_away(dist, dg))
-        better = s.active & ~blown & (r < s.best_r)
-        trace = s.trace
-        if trace is not None:
-            score = relative(r) if cfg.stop_mode == "rel" else r
-            trace = trace.at[:, s.k].set(jnp.where(s.active, score, jnp.nan))
-        return _Loop(
-            k=s.k + 1, z=z_next, fz=fz_next,
-            active=s.active & ~blown & ~done(r),
-            best_z=_mask(better, z_next, s.best_z),
-            best_r=jnp.where(better, r, s.best_r),
-            nstep=s.nstep + s.active.astype(jnp.int32),
-            diverged=s.diverged | blown,
-            trace=trace, method=mstate)
-
-    s = lax.while_loop(cond, body, state)
-    converged = done(s.best_r)
-    stats = SolveStats(
-        nstep=s.nstep, abs_residual=s.best_r, rel_residual=relative(s.best_r),
-        converged=converged, diverged=s.diverged & ~converged,
-        loop_iters=jnp.full_like(s.nstep, s.k), trace=s.trace)
-    return s.best_z.reshape(shape).astype(dtype), stats
+    p = _problem(f, z0, cfg, reduce, scale)
+    s = lax.while_loop(functools.partial(_running, p), functools.partial(_step, method, p), _init(method, p))
+    return _finish(p, s)
