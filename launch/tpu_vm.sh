@@ -172,7 +172,9 @@ start_script() {  # on a worker: the detached trainer; its pid and, when it ends
   echo "$s"
 }
 
-STATUS_SCRIPT="cd $RD; if [ -f $STATE/rc ]; then echo \"deqdist-train: exit \$(cat $STATE/rc) \$(hostname)\"; elif [ -f $STATE/pid ] && kill -0 \$(cat $STATE/pid) 2>/dev/null; then echo \"deqdist-train: running \$(hostname)\"; else echo \"deqdist-train: gone \$(hostname)\"; fi"
+# A trainer that just exited has no rc file for the moment its wrapper takes to write it, so a dead
+# pid without rc is looked at again after a few seconds before the worker counts as gone.
+STATUS_SCRIPT="cd $RD; st() { if [ -f $STATE/rc ]; then echo \"deqdist-train: exit \$(cat $STATE/rc) \$(hostname)\"; elif [ -f $STATE/pid ] && kill -0 \$(cat $STATE/pid) 2>/dev/null; then echo \"deqdist-train: running \$(hostname)\"; else return 1; fi; }; st || { sleep 5; st; } || echo \"deqdist-train: gone \$(hostname)\""
 
 terminate() {  # SIGTERM to the trainers (they checkpoint and exit 0); polling goes on until they are done
   echo "$PROG: stopping the trainers with SIGTERM (they save a checkpoint)" >&2
